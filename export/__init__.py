@@ -1,0 +1,1 @@
+"""Checkpoint to ONNX export, int8 quantisation and parity checks."""

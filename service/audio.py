@@ -1,0 +1,100 @@
+"""All audio decoding and resampling: files and bytes in, float32 mono 16 kHz out."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from service.features import SAMPLE_RATE
+
+AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
+
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
+READABLE_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus) and MP3, or anything else libsndfile reads"
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message says why and what is accepted."""
+
+
+def check_sample_rate(sample_rate: float) -> int:
+    """Return ``sample_rate`` as an int, or raise AudioError if it is absurd."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE or sample_rate != int(sample_rate):
+        raise AudioError(
+            f"unsupported sample rate {sample_rate!r} Hz: expected an integer from "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        )
+    return int(sample_rate)
+
+
+def check_channels(channels: int) -> int:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"unsupported channel count {channels}: expected 1 to {MAX_CHANNELS}")
+    return channels
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of (frames, channels) audio; mono passes through."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise AudioError(f"expected audio of shape (frames,) or (frames, channels), got {samples.shape}")
+    check_channels(samples.shape[1])
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def to_model_input(samples: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Convert decoded audio of any rate and channel count to float32 mono 16 kHz."""
+    sample_rate = check_sample_rate(sample_rate)
+    mono = to_mono(samples)
+    if not np.all(np.isfinite(mono)):
+        raise AudioError("audio contains NaN or infinite samples")
+    if sample_rate == SAMPLE_RATE:
+        return np.ascontiguousarray(mono)
+    return soxr.resample(mono, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+
+
+def _open(source: AudioSource) -> sf.SoundFile:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError("empty audio: the file or request body has no bytes")
+        source = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+        raise AudioError(f"no such audio file: {os.fspath(source)}")
+    try:
+        return sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(f"cannot decode audio ({error}); readable formats: {READABLE_FORMATS}") from None
+
+
+def load_audio(source: AudioSource, *, max_duration_s: float | None = None) -> np.ndarray:
+    """Decode a file path, bytes or binary file object to float32 mono 16 kHz.
+
+    Raises AudioError for empty, corrupt or unsupported data, absurd sample
+    rates or channel counts, NaN/inf samples, and audio longer than
+    ``max_duration_s`` (checked before decoding when the header tells).
+    """
+    with _open(source) as handle:
+        sample_rate = check_sample_rate(handle.samplerate)
+        check_channels(handle.channels)
+        if max_duration_s is not None and handle.frames / sample_rate > max_duration_s:
+            raise AudioError(
+                f"audio is {handle.frames / sample_rate:.1f} s long; the limit is {max_duration_s:g} s"
+            )
+        try:
+            data = handle.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"cannot decode audio, the file looks truncated or corrupt ({error})") from None
+    if data.shape[0] == 0:
+        raise AudioError("empty audio: the file decodes to zero samples")
+    if max_duration_s is not None and data.shape[0] / sample_rate > max_duration_s:
+        raise AudioError(f"audio is {data.shape[0] / sample_rate:.1f} s long; the limit is {max_duration_s:g} s")
+    return to_model_input(data, sample_rate)

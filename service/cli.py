@@ -1,0 +1,67 @@
+"""The ``swishnet`` command.
+
+Subcommands are registered through the ``swishnet.commands`` entry-point group
+(see pyproject.toml): each entry is a function ``register(subparsers)`` that
+adds one parser and sets ``handler``. Registration only builds argparse
+parsers; heavy imports (torch, onnxruntime) happen inside the handlers, so
+``swishnet --help`` is fast and works without the training extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+from typing import Callable, Sequence
+
+from service import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A failure a user can fix; printed as one line, exit status 2."""
+
+
+def register_version(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("version", help="print the installed version and exit")
+    parser.set_defaults(handler=lambda args: print(f"swishnet {__version__}") or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swishnet",
+        description=(
+            "Real-time speech / music / noise classification with SwishNet. "
+            "Run 'swishnet COMMAND --help' for the options of each command."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (default: %(default)s)",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for entry in sorted(entry_points(group="swishnet.commands"), key=lambda e: e.name):
+        entry.load()(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except CommandError as error:
+        print(f"swishnet: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
