@@ -24,6 +24,15 @@ class AudioError(ValueError):
     """Audio that cannot be used; the message says why and what is accepted."""
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than the caller's limit."""
+
+
+def _check_duration(n_samples: int, sample_rate: int, max_duration_s: float | None) -> None:
+    if max_duration_s is not None and n_samples / sample_rate > max_duration_s:
+        raise AudioTooLongError(f"audio is {n_samples / sample_rate:.1f} s long; the limit is {max_duration_s:g} s")
+
+
 def check_sample_rate(sample_rate: float) -> int:
     """Return ``sample_rate`` as an int, or raise AudioError if it is absurd."""
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE or sample_rate != int(sample_rate):
@@ -85,16 +94,12 @@ def load_audio(source: AudioSource, *, max_duration_s: float | None = None) -> n
     with _open(source) as handle:
         sample_rate = check_sample_rate(handle.samplerate)
         check_channels(handle.channels)
-        if max_duration_s is not None and handle.frames / sample_rate > max_duration_s:
-            raise AudioError(
-                f"audio is {handle.frames / sample_rate:.1f} s long; the limit is {max_duration_s:g} s"
-            )
+        _check_duration(handle.frames, sample_rate, max_duration_s)
         try:
             data = handle.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as error:
             raise AudioError(f"cannot decode audio, the file looks truncated or corrupt ({error})") from None
     if data.shape[0] == 0:
         raise AudioError("empty audio: the file decodes to zero samples")
-    if max_duration_s is not None and data.shape[0] / sample_rate > max_duration_s:
-        raise AudioError(f"audio is {data.shape[0] / sample_rate:.1f} s long; the limit is {max_duration_s:g} s")
+    _check_duration(data.shape[0], sample_rate, max_duration_s)
     return to_model_input(data, sample_rate)

@@ -1,0 +1,139 @@
+"""The FastAPI application: `create_app(settings)` builds it; the model loads in `lifespan`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from service import __version__
+from service.audio import AudioError, AudioTooLongError, load_audio
+from service.config import Settings
+from service.inference import Classifier
+from service.limits import BodySizeLimit
+from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.schemas import ClassifyResponse, ErrorMessage, Health, StreamOptions
+from service.stream import classify_audio
+from service.websocket import router as websocket_router
+
+log = logging.getLogger(__name__)
+
+AUDIO_BODY_DOC = {
+    "requestBody": {
+        "description": "The audio file, as the raw body or as the multipart field `file`. "
+        "WAV, FLAC, OGG (Vorbis, Opus) and MP3 at any sample rate and channel count.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_classifier(request: Request) -> Classifier:
+    return request.app.state.classifier
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
+    """Build the service. A classifier may be passed in (tests); otherwise `settings.model_path` is loaded."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.classifier = classifier or Classifier(settings.model_path, intra_op_threads=settings.intra_op_threads)
+        log.info("serving model %s", app.state.classifier.card.get("name", "?"))
+        yield
+
+    app = FastAPI(
+        title="SwishNet Live",
+        version=__version__,
+        description="Speech / music / noise / silence classification of audio files (REST) and live streams "
+        "(WebSocket `/v1/stream`, protocol in the README).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.streams_open = 0
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(websocket_router)
+    _add_http_routes(app)
+    return app
+
+
+async def _read_upload(request: Request) -> tuple[bytes, str | None]:
+    """The audio bytes and filename from a raw body or a multipart `file` field."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "multipart upload has no file field named 'file'")
+        return await upload.read(), upload.filename
+    return await request.body(), None
+
+
+def _add_http_routes(app: FastAPI) -> None:
+    errors = {code: {"model": ErrorMessage} for code in (400, 413, 422)}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=errors, openapi_extra=AUDIO_BODY_DOC,
+              summary="Classify an audio file")
+    async def classify(
+        request: Request,
+        options: Annotated[StreamOptions, Query()],
+        settings: Annotated[Settings, Depends(get_settings)],
+        classifier: Annotated[Classifier, Depends(get_classifier)],
+        metrics: Annotated[Metrics, Depends(get_metrics)],
+    ) -> ClassifyResponse:
+        """Segments and dominant class of the uploaded audio, as `swishnet classify --format json` prints them."""
+        try:
+            config = options.to_config()
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        data, filename = await _read_upload(request)
+        started = time.perf_counter()
+        try:
+            audio = await run_in_threadpool(load_audio, data, max_duration_s=settings.max_upload_duration_s)
+        except AudioTooLongError as error:
+            raise HTTPException(413, str(error)) from None
+        except AudioError as error:
+            raise HTTPException(400, str(error)) from None
+        result = await run_in_threadpool(classify_audio, audio, classifier, config)
+        metrics.inference_seconds.labels("rest").observe(time.perf_counter() - started)
+        metrics.audio_seconds.labels("rest").inc(result.duration)
+        return ClassifyResponse(**{**result.to_dict(), "file": filename})
+
+    @app.get("/v1/model", summary="The loaded model's card")
+    async def model_card(classifier: Annotated[Classifier, Depends(get_classifier)]) -> dict:
+        """Labels, feature parameters, training data summary and measured accuracy of the served model."""
+        return classifier.card
+
+    @app.get("/healthz", response_model=Health, summary="Liveness and readiness")
+    async def health(request: Request) -> Health:
+        return Health(model=request.app.state.classifier.card.get("name", "?"),
+                      streams_open=request.app.state.streams_open)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics_endpoint(metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        route = request.scope.get("route")
+        app.state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response

@@ -1,0 +1,34 @@
+"""Prometheus metrics of one server process (each uvicorn worker counts its own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    """The service's counters, in a registry of their own so that several apps can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "swishnet_requests", "HTTP requests answered, by route and status.", ["route", "status"],
+            registry=self.registry,
+        )
+        self.streams_open = Gauge("swishnet_streams_open", "WebSocket streams open now.", registry=self.registry)
+        self.streams_total = Counter(
+            "swishnet_streams", "WebSocket streams ended, by how they ended.", ["outcome"], registry=self.registry
+        )
+        self.audio_seconds = Counter(
+            "swishnet_audio_seconds", "Seconds of audio classified, by source.", ["source"], registry=self.registry
+        )
+        self.inference_seconds = Histogram(
+            "swishnet_inference_seconds", "Wall time to process one upload or one stream message.", ["source"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

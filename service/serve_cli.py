@@ -1,0 +1,45 @@
+"""`swishnet serve`: run the REST + WebSocket service with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from service.cli import CommandError
+from service.config import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = Settings.model_fields
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the REST and WebSocket service",
+        description="Serve POST /v1/classify, WS /v1/stream, GET /v1/model, /healthz and /metrics. "
+        "Every limit can also be set by environment variable: SWISHNET_MAX_STREAMS, "
+        "SWISHNET_MAX_UPLOAD_BYTES, SWISHNET_IDLE_TIMEOUT_S, ... (see service/config.py).",
+    )
+    parser.add_argument("--host", help=f"interface to listen on (default: {defaults['host'].default})")
+    parser.add_argument("--port", type=int, help=f"TCP port (default: {defaults['port'].default})")
+    parser.add_argument("--model", help="ONNX model file to serve (default: the bundled SwishNet-slim)")
+    parser.add_argument("--workers", type=int, help="server processes (default: 1)")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.inference import Classifier, ModelError
+
+    # Options go through the environment so that every uvicorn worker builds the same Settings.
+    for name, value in {"host": args.host, "port": args.port, "model_path": args.model,
+                        "workers": args.workers}.items():
+        if value is not None:
+            os.environ[f"SWISHNET_{name.upper()}"] = str(value)
+    settings = Settings()
+    try:  # fail here, with one clear line, rather than in every worker's start-up
+        Classifier(settings.model_path)
+    except ModelError as error:
+        raise CommandError(str(error)) from None
+    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level="info")
+    return 0

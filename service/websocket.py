@@ -1,0 +1,159 @@
+"""WS /v1/stream: binary frames are audio, text frames are JSON control, JSON events go out.
+
+Protocol (also in the README): connect with query parameters `sample_rate`,
+`encoding` (pcm_s16le | pcm_f32le), `channels` and the analysis knobs of
+/v1/classify; send audio as binary messages of any size; receive
+`{"type": "label", ...}` every hop and `{"type": "segment", ...}` when a segment
+closes; send `{"type": "end"}` to flush the last segment, after which the
+server closes with 1000. Errors arrive as `{"type": "error", "message"}`
+followed by a close: 1003 unsupported data (text where audio or a known
+control message is expected), 1007 invalid audio, 1008 bad parameters or idle
+timeout, 1009 message too big, 1013 server at capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Literal
+
+from fastapi import APIRouter, WebSocket
+from fastapi.concurrency import run_in_threadpool
+from pydantic import Field, ValidationError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from service.audio import AudioError
+from service.schemas import StreamOptions
+from service.stream import AudioStream
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4}
+
+
+class StreamParams(StreamOptions):
+    sample_rate: int = Field(16_000, ge=8_000, le=192_000, description="Sample rate of the audio sent, in Hz.")
+    encoding: Literal["pcm_s16le", "pcm_f32le"] = Field("pcm_s16le", description="Sample format, little-endian.")
+    channels: int = Field(1, ge=1, le=8, description="Interleaved channels; they are averaged.")
+
+
+class StreamClosed(Exception):
+    """Ends a stream session with a close code and an optional error message for the client."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Throttle:
+    """Slows a sender that goes faster than `speed` x real time after a burst allowance."""
+
+    def __init__(self, speed: float, burst_s: float) -> None:
+        self.speed, self.burst_s = speed, burst_s
+        self.started = time.monotonic()
+        self.audio_s = 0.0
+
+    async def account(self, audio_s: float) -> None:
+        self.audio_s += audio_s
+        ahead_s = (self.audio_s - self.burst_s) / self.speed - (time.monotonic() - self.started)
+        if ahead_s > 0:
+            await asyncio.sleep(ahead_s)
+
+
+async def _send_events(ws: WebSocket, events: list) -> None:
+    for event in events:
+        await ws.send_text(json.dumps(event.to_dict()))
+
+
+def _parse_params(ws: WebSocket) -> tuple[StreamParams, AudioStream]:
+    try:
+        params = StreamParams(**ws.query_params)
+        stream = AudioStream(ws.app.state.classifier, params.to_config(), sample_rate=params.sample_rate,
+                             channels=params.channels, encoding=params.encoding)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise StreamClosed(1008, f"bad stream parameters: {problems}") from None
+    except (ValueError, AudioError) as error:
+        raise StreamClosed(1008, f"bad stream parameters: {error}") from None
+    return params, stream
+
+
+async def _serve(ws: WebSocket, params: StreamParams, stream: AudioStream) -> None:
+    settings, metrics = ws.app.state.settings, ws.app.state.metrics
+    bytes_per_second = params.sample_rate * params.channels * BYTES_PER_SAMPLE[params.encoding]
+    throttle = _Throttle(settings.max_stream_speed, settings.stream_burst_s)
+    while True:
+        try:
+            message = await asyncio.wait_for(ws.receive(), timeout=settings.idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise StreamClosed(1008, f"idle for {settings.idle_timeout_s:g} s; closing") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        data, text = message.get("bytes"), message.get("text")
+        if data is not None:
+            if len(data) > settings.max_message_bytes:
+                raise StreamClosed(1009, f"message of {len(data)} bytes; the limit is {settings.max_message_bytes}")
+            started = time.perf_counter()
+            try:
+                events = await run_in_threadpool(stream.push, data)
+            except AudioError as error:
+                raise StreamClosed(1007, str(error)) from None
+            metrics.inference_seconds.labels("stream").observe(time.perf_counter() - started)
+            metrics.audio_seconds.labels("stream").inc(len(data) / bytes_per_second)
+            await _send_events(ws, events)
+            await throttle.account(len(data) / bytes_per_second)
+        elif _is_end(text):
+            await _send_events(ws, await run_in_threadpool(stream.flush))
+            raise StreamClosed(1000)
+        else:
+            raise StreamClosed(1003, 'text messages must be the JSON control message {"type": "end"}; '
+                                     "send audio as binary messages")
+
+
+def _is_end(text: str | None) -> bool:
+    try:
+        return json.loads(text or "").get("type") == "end"
+    except (ValueError, AttributeError):
+        return False
+
+
+@router.websocket("/v1/stream")
+async def stream_endpoint(ws: WebSocket) -> None:
+    """Live classification of one audio stream (protocol in this module's docstring and the README)."""
+    state = ws.app.state
+    await ws.accept()
+    outcome = "completed"
+    state.streams_open += 1
+    state.metrics.streams_open.inc()
+    try:
+        if state.streams_open > state.settings.max_streams:
+            raise StreamClosed(1013, f"server is at capacity ({state.settings.max_streams} streams); retry later")
+        params, stream = _parse_params(ws)
+        await _serve(ws, params, stream)
+    except StreamClosed as closed:
+        if closed.message:
+            outcome = f"error_{closed.code}"
+            log.info("stream closed with %d: %s", closed.code, closed.message)
+        await _close(ws, closed)
+    except WebSocketDisconnect:
+        outcome = "client_gone"
+        log.info("client left mid-stream")
+    finally:
+        state.streams_open -= 1
+        state.metrics.streams_open.dec()
+        state.metrics.streams_total.labels(outcome).inc()
+
+
+async def _close(ws: WebSocket, closed: StreamClosed) -> None:
+    if ws.client_state != WebSocketState.CONNECTED:
+        return
+    try:
+        if closed.message:
+            await ws.send_text(json.dumps({"type": "error", "message": closed.message}))
+        await ws.close(closed.code)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left while we were saying goodbye
