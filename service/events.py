@@ -21,6 +21,7 @@ from typing import Union
 
 import numpy as np
 
+SILENCE = "silence"  # the label the runtime's energy gate adds; no model may use it
 TIME_DECIMALS = 3  # milliseconds
 PROB_DECIMALS = 4
 

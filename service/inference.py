@@ -18,12 +18,12 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+from service.events import SILENCE
 from service.features import FEATURE_CONTRACT, FRAMES_PER_SECOND, N_MFCC
 
 DEFAULT_MODEL = "swishnet-slim.onnx"
 INPUT_NAME = "mfcc"
 OUTPUT_NAME = "probs"
-SILENCE = "silence"  # the label the runtime adds itself; no model may use it
 REQUIRED_CARD_KEYS = ("labels", "features", "onnx_sha256")
 
 _LOAD_ERRORS = (

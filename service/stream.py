@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -37,11 +37,13 @@ from service.buffers import (
     History,
     frame_neighbourhood_energies,
 )
-from service.events import Event, LabelEvent, SegmentEvent, Segmenter
+from service.events import SILENCE, Event, LabelEvent, SegmentEvent, Segmenter
 from service.features import HOP_LENGTH, N_MFCC, SAMPLE_RATE, StreamingMfcc, n_frames
-from service.inference import SILENCE, Classifier
 from service.pcm import MAX_STREAM_RATE, MIN_STREAM_RATE, StreamInput
 from service.smoothing import LabelSmoother
+
+if TYPE_CHECKING:  # onnxruntime is imported only where a model is loaded
+    from service.inference import Classifier
 
 WARMUP_S = 0.5  # the shortest window scored: the paper's shortest clip
 MIN_WINDOW_S, MAX_WINDOW_S = WARMUP_S, 10.0
@@ -302,7 +304,7 @@ class _Summary:
                 self.segments.append(event)
                 continue
             self.hops += 1
-            if event.label != SILENCE:
+            if any(event.probs.values()):  # the model scored it: it was not silence
                 self.voiced_hops += 1
                 self.prob_sum += [event.probs[name] for name in self.labels]
 
@@ -315,17 +317,17 @@ class _Summary:
         return FileResult(file, duration_s, label, probs, tuple(self.segments))
 
 
-Progress = Callable[[float], None]
-"""Called with the seconds of audio processed so far."""
+Progress = Callable[[float, float], None]
+"""Called after each block with the seconds of audio processed so far and in all."""
 
 
-def _run(stream: AudioStream, blocks: Iterable[np.ndarray], file: str | None,
+def _run(stream: AudioStream, blocks: Iterable[np.ndarray], total_s: float, file: str | None,
          progress: Progress | None) -> FileResult:
     summary = _Summary(stream.classifier.labels)
     for block in blocks:
         summary.add(stream.push(block))
         if progress is not None:
-            progress(stream.time_s)
+            progress(stream.time_s, total_s)
     duration_s = stream.time_s
     summary.add(stream.flush())  # the stream resets itself: its last segment ends at the audio's end
     return summary.result(file, summary.segments[-1].end if summary.segments else duration_s)
@@ -339,7 +341,7 @@ def classify_audio(audio: np.ndarray, classifier: Classifier, config: StreamConf
         raise AudioError(f"expected mono 16 kHz audio of shape (samples,), got {audio.shape}")
     stream = AudioStream(classifier, config)
     blocks = (audio[start : start + MAX_BLOCK_SAMPLES] for start in range(0, audio.size, MAX_BLOCK_SAMPLES))
-    return _run(stream, blocks, file, progress)
+    return _run(stream, blocks, audio.size / SAMPLE_RATE, file, progress)
 
 
 def classify_file(path: str | os.PathLike, classifier: Classifier, config: StreamConfig | None = None, *,
@@ -353,4 +355,5 @@ def classify_file(path: str | os.PathLike, classifier: Classifier, config: Strea
             return classify_audio(load_audio(path), classifier, config, file=os.fspath(path), progress=progress)
         stream = AudioStream(classifier, config, sample_rate=handle.samplerate, channels=handle.channels)
         block_frames = MAX_BLOCK_SAMPLES * handle.samplerate // SAMPLE_RATE
-        return _run(stream, read_blocks(handle, block_frames), os.fspath(path), progress)
+        total_s = handle.frames / handle.samplerate
+        return _run(stream, read_blocks(handle, block_frames), total_s, os.fspath(path), progress)
