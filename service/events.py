@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class SegmentEvent:
         }
 
 
-Event = Union[LabelEvent, SegmentEvent]
+Event = LabelEvent | SegmentEvent
 
 
 class Run:

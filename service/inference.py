@@ -97,7 +97,9 @@ def check_features(features: object, path: Path) -> None:
         for key, value in FEATURE_CONTRACT.items()
         if features.get(key, object()) != value
     ]
-    problems += [f"{key} (card {features[key]!r}, unknown to the runtime)" for key in features if key not in FEATURE_CONTRACT]
+    problems += [
+        f"{key} (card {features[key]!r}, unknown to the runtime)" for key in features if key not in FEATURE_CONTRACT
+    ]
     if problems:
         raise ModelError(
             f"model {path.stem} was trained on other features than this runtime computes; "

@@ -13,11 +13,13 @@ Timing, in seconds from the start of the stream:
   the start (rounded up to a whole hop).
 - A LabelEvent's ``time`` is the end of the audio seen at that decision.
 - A decision describes the middle of its window, about half a window before
-  ``time``. The energy gate looks at the ``hop_s`` of audio there: below
-  ``silence_threshold_db`` (dBFS) the hop is silence, whatever the model says.
+  ``time``. A frame is silent when the ``hop_s`` of audio around it is below
+  ``silence_threshold_db`` (dBFS); the model scores only the window's other
+  frames, and the hop is silence, whatever the model says, when the
+  window's middle frame is silent.
 - Smoothing confirms a change a fixed number of hops late; a segment boundary
-  is dated back to the middle of the window of the first hop of the new
-  label, so boundaries land near the true change (window lag compensated).
+  is dated back to half-way between the window middles of the last hop of the
+  old label and the first of the new, so boundaries land near the true change.
 """
 
 from __future__ import annotations
@@ -37,13 +39,18 @@ from service.buffers import (
     History,
     frame_neighbourhood_energies,
 )
-from service.events import SILENCE, Event, LabelEvent, SegmentEvent, Segmenter
+from service.events import SILENCE, Event, LabelEvent, Segmenter, SegmentEvent
 from service.features import HOP_LENGTH, N_MFCC, SAMPLE_RATE, StreamingMfcc, n_frames
 from service.pcm import MAX_STREAM_RATE, MIN_STREAM_RATE, StreamInput
 from service.smoothing import LabelSmoother
 
 if TYPE_CHECKING:  # onnxruntime is imported only where a model is loaded
     from service.inference import Classifier
+
+__all__ = [
+    "AudioStream", "Event", "FileResult", "LabelEvent", "SegmentEvent", "StreamConfig",
+    "classify_audio", "classify_file",
+]
 
 WARMUP_S = 0.5  # the shortest window scored: the paper's shortest clip
 MIN_WINDOW_S, MAX_WINDOW_S = WARMUP_S, 10.0
@@ -69,7 +76,7 @@ class StreamConfig:
     hop_s: float = 0.1
     """Time between decisions, 10 ms to 0.5 s, a multiple of 10 ms."""
     silence_threshold_db: float = -50.0
-    """A hop whose RMS is below this (dBFS, full-scale square wave = 0) is silence."""
+    """Audio whose RMS over hop_s is below this (dBFS, full-scale square wave = 0) is silence."""
     min_segment_s: float = 0.3
     """Shorter runs of a label are absorbed by the segment before them."""
     min_pause_s: float = 0.5
