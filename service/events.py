@@ -30,8 +30,9 @@ class LabelEvent:
     """The smoothed label after each decision hop.
 
     ``time`` is the end of the audio seen when the decision was made, in
-    seconds from the start of the stream; ``probs`` are the model's raw
-    probabilities for the window that ends there (reported for silent hops too).
+    seconds from the start of the stream; ``label`` is the smoothed label
+    (segments may still merge it away); ``probs`` are the model's raw
+    probabilities for the window that ends there, all 0 when the hop is silent.
     """
 
     time: float
