@@ -235,6 +235,7 @@ def test_events_are_json_ready(reference):
         label.label = "music"  # frozen
 
 
+@pytest.mark.slow
 def test_one_hour_stream_has_bounded_memory(classifier):
     config = StreamConfig()
     stream = AudioStream(classifier, config)
