@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.classifier = classifier or Classifier(settings.model_path, intra_op_threads=settings.intra_op_threads)
+        app.state.classifier = classifier or Classifier(settings.model_path, intra_op_num_threads=settings.intra_op_threads)
         log.info("serving model %s", app.state.classifier.card.get("name", "?"))
         yield
 
@@ -108,14 +108,14 @@ def _add_http_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         try:
             audio = await run_in_threadpool(load_audio, data, max_duration_s=settings.max_upload_duration_s)
+            result = await run_in_threadpool(classify_audio, audio, classifier, config, file=filename)
         except AudioTooLongError as error:
             raise HTTPException(413, str(error)) from None
         except AudioError as error:
             raise HTTPException(400, str(error)) from None
-        result = await run_in_threadpool(classify_audio, audio, classifier, config)
         metrics.inference_seconds.labels("rest").observe(time.perf_counter() - started)
-        metrics.audio_seconds.labels("rest").inc(result.duration)
-        return ClassifyResponse(**{**result.to_dict(), "file": filename})
+        metrics.audio_seconds.labels("rest").inc(result.duration_s)
+        return ClassifyResponse(**result.to_dict())
 
     @app.get("/v1/model", summary="The loaded model's card")
     async def model_card(classifier: Annotated[Classifier, Depends(get_classifier)]) -> dict:

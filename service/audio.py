@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import BinaryIO, Union
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 import soundfile as sf
@@ -84,6 +85,31 @@ def _open(source: AudioSource) -> sf.SoundFile:
         raise AudioError(f"cannot decode audio ({error}); readable formats: {READABLE_FORMATS}") from None
 
 
+def _corrupt(error: Exception) -> AudioError:
+    return AudioError(f"cannot decode audio, the file looks truncated or corrupt ({error})")
+
+
+@contextmanager
+def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> Iterator[sf.SoundFile]:
+    """Open audio for reading in blocks, after checking its header.
+
+    Raises AudioError as load_audio does; read with ``read_blocks``.
+    """
+    with _open(source) as handle:
+        sample_rate = check_sample_rate(handle.samplerate)
+        check_channels(handle.channels)
+        _check_duration(handle.frames, sample_rate, max_duration_s)
+        yield handle
+
+
+def read_blocks(handle: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
+    """Successive float32 (frames, channels) blocks of an open file; AudioError if it is corrupt."""
+    try:
+        yield from handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise _corrupt(error) from None
+
+
 def load_audio(source: AudioSource, *, max_duration_s: float | None = None) -> np.ndarray:
     """Decode a file path, bytes or binary file object to float32 mono 16 kHz.
 
@@ -91,14 +117,12 @@ def load_audio(source: AudioSource, *, max_duration_s: float | None = None) -> n
     rates or channel counts, NaN/inf samples, and audio longer than
     ``max_duration_s`` (checked before decoding when the header tells).
     """
-    with _open(source) as handle:
-        sample_rate = check_sample_rate(handle.samplerate)
-        check_channels(handle.channels)
-        _check_duration(handle.frames, sample_rate, max_duration_s)
+    with open_audio(source, max_duration_s=max_duration_s) as handle:
+        sample_rate = handle.samplerate
         try:
             data = handle.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as error:
-            raise AudioError(f"cannot decode audio, the file looks truncated or corrupt ({error})") from None
+            raise _corrupt(error) from None
     if data.shape[0] == 0:
         raise AudioError("empty audio: the file decodes to zero samples")
     _check_duration(data.shape[0], sample_rate, max_duration_s)

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import time
-from typing import Literal
 
 from fastapi import APIRouter, WebSocket
 from fastapi.concurrency import run_in_threadpool
@@ -25,19 +24,20 @@ from pydantic import Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.audio import AudioError
+from service.pcm import ENCODINGS
 from service.schemas import StreamOptions
 from service.stream import AudioStream
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4}
-
 
 class StreamParams(StreamOptions):
-    sample_rate: int = Field(16_000, ge=8_000, le=192_000, description="Sample rate of the audio sent, in Hz.")
-    encoding: Literal["pcm_s16le", "pcm_f32le"] = Field("pcm_s16le", description="Sample format, little-endian.")
-    channels: int = Field(1, ge=1, le=8, description="Interleaved channels; they are averaged.")
+    """Query parameters of /v1/stream; the engine checks the ranges."""
+
+    sample_rate: int = Field(16_000, description="Sample rate of the audio sent, in Hz (8000 to 192000).")
+    encoding: str = Field("pcm_s16le", description="Sample format: pcm_s16le or pcm_f32le.")
+    channels: int = Field(1, description="Interleaved channels; they are averaged.")
 
 
 class StreamClosed(Exception):
@@ -84,7 +84,7 @@ def _parse_params(ws: WebSocket) -> tuple[StreamParams, AudioStream]:
 
 async def _serve(ws: WebSocket, params: StreamParams, stream: AudioStream) -> None:
     settings, metrics = ws.app.state.settings, ws.app.state.metrics
-    bytes_per_second = params.sample_rate * params.channels * BYTES_PER_SAMPLE[params.encoding]
+    bytes_per_second = params.sample_rate * params.channels * ENCODINGS[params.encoding].itemsize
     throttle = _Throttle(settings.max_stream_speed, settings.stream_burst_s)
     while True:
         try:
@@ -107,7 +107,11 @@ async def _serve(ws: WebSocket, params: StreamParams, stream: AudioStream) -> No
             await _send_events(ws, events)
             await throttle.account(len(data) / bytes_per_second)
         elif _is_end(text):
-            await _send_events(ws, await run_in_threadpool(stream.flush))
+            try:
+                events = await run_in_threadpool(stream.flush)
+            except AudioError as error:
+                raise StreamClosed(1007, str(error)) from None
+            await _send_events(ws, events)
             raise StreamClosed(1000)
         else:
             raise StreamClosed(1003, 'text messages must be the JSON control message {"type": "end"}; '

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import service  # noqa: F401  (first: it sets the BLAS thread default before numpy loads)
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,18 @@ def make_signal(kind: str, seconds: float = 1.0, seed: int = 0, sample_rate: int
 @pytest.fixture
 def signal():
     return make_signal
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A tiny nearest-centroid ONNX model with its card (see tests/tiny_model.py)."""
+    from tests.tiny_model import write_model
+
+    return write_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_model_path):
+    from service.inference import Classifier
+
+    return Classifier(tiny_model_path)

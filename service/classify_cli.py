@@ -1,0 +1,179 @@
+"""``swishnet classify FILE...``: speech / music / noise / silence segments of audio files.
+
+Output formats: JSON lines (one object per file), CSV (one row per segment,
+like inaSpeechSegmenter's, with a file column) and Praat TextGrid (one
+IntervalTier per file). An unreadable file gets a one-line error on stderr
+and a non-zero exit status; the other files are still classified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from service.audio import AudioError
+from service.cli import CommandError
+from service.stream import StreamConfig
+
+if TYPE_CHECKING:
+    from service.stream import FileResult
+
+LONG_INPUT_S = 60.0  # show a progress bar (on stderr, if it is a terminal) for longer files
+CSV_COLUMNS = ["file", "labels", "start", "stop", "confidence"]
+_DEFAULTS = StreamConfig()
+OPTIONS = {"window_s": "--window", "hop_s": "--hop", "silence_threshold_db": "--silence-threshold",
+           "min_segment_s": "--min-segment", "min_pause_s": "--min-pause"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "classify",
+        help="label speech / music / noise / silence segments of audio files",
+        description="Classify audio files with the streaming engine and print their segments.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3, ...)")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="json",
+                        help="json: one JSON object per line and file; csv: one row per segment; "
+                             "textgrid: Praat TextGrid (default: %(default)s)")
+    parser.add_argument("--model", type=Path, metavar="PATH",
+                        help="ONNX model with its .json card beside it (default: the bundled swishnet-slim)")
+    parser.add_argument("--output-dir", type=Path, metavar="DIR",
+                        help="write one output file per input (NAME.json, NAME.csv or NAME.TextGrid) "
+                             "instead of printing")
+    parser.add_argument("--window", type=float, default=_DEFAULTS.window_s, metavar="S",
+                        help="analysis window in seconds (default: %(default)s)")
+    parser.add_argument("--hop", type=float, default=_DEFAULTS.hop_s, metavar="S",
+                        help="time between decisions in seconds (default: %(default)s)")
+    parser.add_argument("--min-segment", type=float, default=_DEFAULTS.min_segment_s, metavar="S",
+                        help="shorter segments are merged into the one before (default: %(default)s)")
+    parser.add_argument("--min-pause", type=float, default=_DEFAULTS.min_pause_s, metavar="S",
+                        help="shorter interruptions between two segments of one label are absorbed "
+                             "(default: %(default)s)")
+    parser.add_argument("--silence-threshold", type=float, default=_DEFAULTS.silence_threshold_db, metavar="DB",
+                        help="audio quieter than this (dBFS) is silence (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="inference threads (default: %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = stream_config(args)
+    outputs = output_paths(args)
+    classifier = load_classifier(args.model, args.threads)
+    from service.stream import classify_file  # after the model: nothing heavy before argument checks
+
+    failures = written = 0
+    for path in args.files:
+        bar = ProgressBar(path)
+        try:
+            result = classify_file(path, classifier, config, progress=bar)
+        except AudioError as error:
+            print(f"swishnet: error: {path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        finally:
+            bar.close()
+        text = FORMATS[args.format](result, outputs is not None or written == 0)  # header: once per output
+        if outputs is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            outputs[path].write_text(text, encoding="utf-8")
+        written += 1
+    return 1 if failures else 0
+
+
+def stream_config(args: argparse.Namespace) -> StreamConfig:
+    try:
+        return StreamConfig(
+            window_s=args.window, hop_s=args.hop, silence_threshold_db=args.silence_threshold,
+            min_segment_s=args.min_segment, min_pause_s=args.min_pause,
+        )
+    except ValueError as error:  # its message starts with the field's name: say the option's
+        field, rest = str(error).split(" ", 1)
+        raise CommandError(f"{OPTIONS.get(field, field)} {rest}") from None
+
+
+def output_paths(args: argparse.Namespace) -> dict[str, Path] | None:
+    """Where each file's output goes: stdout (None), or one file per input in --output-dir."""
+    if args.output_dir is None:
+        if args.format == "textgrid" and len(args.files) > 1:
+            raise CommandError("a TextGrid describes one file: give one FILE, or --output-dir for several")
+        return None
+    suffix = {"json": ".json", "csv": ".csv", "textgrid": ".TextGrid"}[args.format]
+    paths = {name: args.output_dir / (Path(name).stem + suffix) for name in args.files}
+    if len(set(paths.values())) < len(paths):
+        raise CommandError("several FILEs have the same name; their outputs in --output-dir would collide")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def load_classifier(model: Path | None, threads: int):
+    from service.inference import Classifier, ModelError
+
+    try:
+        return Classifier(model, intra_op_num_threads=threads)
+    except (ModelError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+class ProgressBar:
+    """A tqdm bar on stderr, for long files only; tqdm hides it when stderr is not a terminal."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._bar = None
+
+    def __call__(self, done_s: float, total_s: float) -> None:
+        if self._bar is None:
+            if total_s < LONG_INPUT_S:
+                return
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=round(total_s), unit="s", desc=Path(self.name).name, file=sys.stderr,
+                             leave=False, disable=None)
+        self._bar.update(min(round(done_s), self._bar.total) - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def format_json(result: FileResult, header: bool) -> str:
+    return json.dumps(result.to_dict()) + "\n"
+
+
+def format_csv(result: FileResult, header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for segment in result.to_dict()["segments"]:
+        writer.writerow([result.file, segment["label"], segment["start"], segment["end"], segment["confidence"]])
+    return buffer.getvalue()
+
+
+def format_textgrid(result: FileResult, header: bool) -> str:
+    """Praat's long text format, one IntervalTier named "class"."""
+    summary = result.to_dict()
+    segments, duration = summary["segments"], summary["duration"]
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {duration}",
+             "tiers? <exists>", "size = 1", "item []:", "    item [1]:", '        class = "IntervalTier"',
+             '        name = "class"', "        xmin = 0", f"        xmax = {duration}",
+             f"        intervals: size = {len(segments)}"]
+    for number, segment in enumerate(segments, 1):
+        lines += [f"        intervals [{number}]:", f"            xmin = {segment['start']}",
+                  f"            xmax = {segment['end']}", f'            text = "{segment["label"]}"']
+    return "\n".join(lines) + "\n"
+
+
+FORMATS: dict[str, Callable[[FileResult, bool], str]] = {
+    "json": format_json,
+    "csv": format_csv,
+    "textgrid": format_textgrid,
+}
