@@ -26,7 +26,7 @@ from bench.common import Options, bundled_model_paths, load_models, machine_info
 from service.inference import Classifier
 
 SECTIONS = ("features", "model", "files", "service")
-QUICK = Options(quick=True, repeats=3, file_repeats=1, file_s=20.0, streams=(1, 4), step_s=2.0)
+QUICK = Options(quick=True, repeats=3, file_repeats=1, file_s=20.0, streams=(1, 4), step_s=1.5)
 RESULTS = Path(__file__).parent / "results"
 SCHEMA = 1
 
@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--file-minutes", type=float, help="length of the generated file (default 60)")
     parser.add_argument("--streams", help="load steps, comma-separated (default 1,10,50,100,200,400)")
     parser.add_argument("--step-seconds", type=float, help="seconds each load step lasts (default 12)")
+    parser.add_argument("--no-deflate", action="store_true",
+                        help="load streams without permessage-deflate (default: offered, as browsers do)")
     parser.add_argument("--out", type=Path,
                         help="JSON output (default bench/results/latest.json; with --quick, quick.json)")
     args = parser.parse_args(argv)
@@ -62,6 +64,7 @@ def build_options(args: argparse.Namespace, models: tuple[Path, ...]) -> Options
         "file_s": None if args.file_minutes is None else 60 * args.file_minutes,
         "streams": None if args.streams is None else tuple(int(n) for n in args.streams.split(",")),
         "step_s": args.step_seconds,
+        "deflate": False if args.no_deflate else None,
     }
     return dataclasses.replace(base, models=models, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -36,6 +36,8 @@ class Options:
     """Load steps: concurrent streams; the run stops at the first step whose p99 passes the limit."""
     step_s: float = 12.0
     """Seconds of audio each stream sends at each load step."""
+    deflate: bool = True
+    """Offer permessage-deflate, as browsers and the websockets client do by default."""
     models: tuple[Path, ...] = field(default_factory=tuple)
 
 

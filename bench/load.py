@@ -35,6 +35,11 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+try:  # the client shares the machine with the server: the leaner event loop when there is one
+    from uvloop import run as run_client
+except ImportError:  # uvicorn[standard] brings uvloop, except on Windows and PyPy
+    from asyncio import run as run_client
+
 from bench.common import Options, num, rounded, show, skipped, summary, table
 from service.features import SAMPLE_RATE
 from service.stream import StreamConfig
@@ -47,6 +52,7 @@ LATE_S = 0.05  # a send this far behind its schedule means the client could not 
 START_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 15.0
+STEP_GRACE_S = 30.0  # a step may overrun its audio by the close timeout and this much, no more
 CONNECT_CONCURRENCY = 50
 SAMPLE_EVERY_S = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -196,14 +202,15 @@ async def _stream(ws: ClientConnection | str, chunks: Iterator[bytes], start: fl
         await ws.close()
 
 
-async def _open(url: str, n: int) -> list[ClientConnection | str]:
+async def _open(url: str, n: int, deflate: bool) -> list[ClientConnection | str]:
     """N connections; a failed one is replaced by its error message."""
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    compression = "deflate" if deflate else None
 
     async def one() -> ClientConnection | str:
         async with gate:
             try:
-                return await connect(url, max_size=None, open_timeout=CONNECT_TIMEOUT_S)
+                return await connect(url, max_size=None, open_timeout=CONNECT_TIMEOUT_S, compression=compression)
             except (WebSocketException, OSError, asyncio.TimeoutError) as error:
                 return f"connect failed: {type(error).__name__}: {error}"
 
@@ -221,23 +228,42 @@ async def _sample(probe: ProcessProbe, cpu: list[float], rss: list[float]) -> No
         before, then = now_cpu, now
 
 
-async def _step(server: ServerProcess, probe: ProcessProbe, audio: bytes, n: int, step_s: float) -> dict:
-    sockets = await _open(server.url(), n)
-    logs = [StreamLog() for _ in range(n)]
-    count = round(step_s / CHUNK_S)
+async def _run_streams(sockets: list[ClientConnection | str], logs: list[StreamLog], audio: bytes,
+                       step_s: float) -> bool:
+    """Run every stream to its end, phases spread over one chunk; False if the step overran its time limit."""
+    n, count = len(sockets), round(step_s / CHUNK_S)
     start = time.monotonic() + 0.2
+    streams = asyncio.gather(*(_stream(ws, chunks_for(audio, i, count), start + CHUNK_S * i / n, log)
+                               for i, (ws, log) in enumerate(zip(sockets, logs))))
+    try:
+        await asyncio.wait_for(streams, step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _step(server: ServerProcess, probe: ProcessProbe, audio: bytes, n: int, options: Options) -> dict:
+    step_s = options.step_s
+    sockets = await _open(server.url(), n, options.deflate)
+    logs = [StreamLog() for _ in range(n)]
     cpu: list[float] = []
     rss: list[float] = []
     sampler = asyncio.create_task(_sample(probe, cpu, rss))
-    client_before = resource.getrusage(resource.RUSAGE_SELF)
-    await asyncio.gather(*(_stream(ws, chunks_for(audio, i, count), start + CHUNK_S * i / n, log)
-                           for i, (ws, log) in enumerate(zip(sockets, logs))))
+    client_cpu_before, started = _cpu_s(), time.monotonic()
+    finished = await _run_streams(sockets, logs, audio, step_s)
     sampler.cancel()
-    client_cpu_s = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - _cpu_s(client_before)
-    return _step_result(n, step_s, logs, cpu, rss, client_cpu_s / (time.monotonic() - start))
+    result = _step_result(n, step_s, logs, cpu, rss, (_cpu_s() - client_cpu_before) / (time.monotonic() - started))
+    if not finished:
+        result["errors"].append(f"the step overran its limit of {step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S:g} s")
+    result["ws_extensions"] = next(
+        (ws.response.headers.get("Sec-WebSocket-Extensions") for ws in sockets if not isinstance(ws, str)), None
+    )
+    return result
 
 
-def _cpu_s(usage: resource.struct_rusage) -> float:
+def _cpu_s() -> float:
+    """CPU seconds of this (the client) process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -285,7 +311,7 @@ async def _load(server: ServerProcess, options: Options) -> list[dict]:
     audio = stream_audio()
     steps = []
     for n in options.streams:
-        steps.append(await _step(server, probe, audio, n, options.step_s))
+        steps.append(await _step(server, probe, audio, n, options))
         if not _within_limit(steps[-1]):
             break
     return steps
@@ -313,7 +339,7 @@ def run(options: Options, model: Path | None) -> tuple[dict, dict]:
         return skipped(reason), skipped(reason)
     with ServerProcess(model, max_streams=max(options.streams) + 10) as server:
         idle = ProcessProbe(server.pid).memory_mib()
-        steps = asyncio.run(_load(server, options))
+        steps = run_client(_load(server, options))
         after = ProcessProbe(server.pid).memory_mib()
     within = [step["streams"] for step in steps if _within_limit(step)]
     over = [step["streams"] for step in steps if not _p99_ok(step)]
@@ -321,6 +347,8 @@ def run(options: Options, model: Path | None) -> tuple[dict, dict]:
         "model": model.stem,
         "chunk_s": CHUNK_S,
         "step_s": options.step_s,
+        "deflate_offered": options.deflate,
+        "client_event_loop": run_client.__module__.split(".")[0],
         "latency_limit_ms": LATENCY_LIMIT_MS,
         "steps": steps,
         "p99_passes_limit_at_streams": min(over, default=None),
