@@ -25,9 +25,9 @@ $(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# The test environment has every extra: training (torch, librosa), mic and dev tools.
+# The test environment has every extra: training (torch, librosa), mic, dev tools and the benchmarks.
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python system-deps
-	$(BIN)/python -m pip install -q -e '.[train,mic,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,mic,dev,bench]'
 	touch $@ $(VENV)/.runtime-installed
 
 # Debian packages the extras need: PortAudio for the microphone (sounddevice).
