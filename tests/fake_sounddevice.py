@@ -49,7 +49,8 @@ class FakeSoundDevice:
         if device is None:
             device = self.default.device[0 if kind == "input" else 1]
         if isinstance(device, str):
-            matches = [d for d in self.devices if device.lower() in d["name"].lower()]
+            matches = [d for d in self.devices if device.lower() in d["name"].lower()
+                       and (kind is None or d[f"max_{kind}_channels"] > 0)]
             if len(matches) != 1:
                 raise ValueError(f"No {kind} device matching {device!r}")
             return dict(matches[0])
