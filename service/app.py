@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from service import __version__
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.include_router(websocket_router)
     app.include_router(live_router)
     _add_http_routes(app)
+    _add_web_page(app)
     return app
 
 
@@ -90,6 +93,17 @@ async def _read_upload(request: Request) -> tuple[bytes, str | None]:
             raise HTTPException(400, "multipart upload has no file field named 'file'")
         return await upload.read(), upload.filename
     return await request.body(), None
+
+
+def _add_web_page(app: FastAPI) -> None:
+    """The browser page at / and its files under /web/ (shipped in the package: no build step)."""
+    web = StaticFiles(packages=[("service", "web")])
+    app.mount("/web", web, name="web")
+    index = Path(web.all_directories[0]) / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(index)
 
 
 def _add_http_routes(app: FastAPI) -> None:

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the REST and WebSocket service",
-        description="Serve POST /v1/classify, WS /v1/stream, GET /v1/model, /healthz and /metrics. "
+        description="Serve POST /v1/classify, WS /v1/stream, GET /v1/model, /healthz, /metrics and the web page "
+        "at /; with --mic, also WS /v1/live. "
         "Every limit can also be set by environment variable: SWISHNET_MAX_STREAMS, "
         "SWISHNET_MAX_UPLOAD_BYTES, SWISHNET_IDLE_TIMEOUT_S, ... (see service/config.py).",
     )
