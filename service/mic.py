@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.sync.client import connect
 
 from service.stream import AudioStream, StreamConfig
 
@@ -79,7 +81,8 @@ def input_device(sd: ModuleType, device: int | str | None) -> dict:
     except (ValueError, sd.PortAudioError) as error:
         raise MicError(f"no usable input device {device!r} ({error}); pick one with --device N:\n{listing}") from None
     if info["max_input_channels"] < 1:
-        raise MicError(f"device {device!r} ({info['name']}) has no input channels; pick one with --device N:\n{listing}")
+        raise MicError(f"device {device!r} ({info['name']}) has no input channels; "
+                       f"pick one with --device N:\n{listing}")
     return info
 
 
@@ -186,9 +189,6 @@ class RemoteEngine(Engine):
     """Streams blocks to a running service's WS /v1/stream and returns the events it sends back."""
 
     def __init__(self, server: str, sample_rate: int, config: StreamConfig) -> None:
-        from websockets.exceptions import WebSocketException
-        from websockets.sync.client import connect
-
         self.url = stream_url(server, sample_rate, config)
         try:
             self._ws = connect(self.url, open_timeout=10)
@@ -203,8 +203,6 @@ class RemoteEngine(Engine):
         self._ws.__exit__(*exc)  # closes the connection
 
     def push(self, block: np.ndarray) -> Events:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             self._ws.send(block.astype("<f4").tobytes())
         except ConnectionClosed:
@@ -221,8 +219,6 @@ class RemoteEngine(Engine):
 
     def _received(self, timeout_s: float, until_closed: bool = False) -> Events:
         """The events the server has sent (waiting up to ``timeout_s`` for each); MicError on an error event."""
-        from websockets.exceptions import ConnectionClosed
-
         events = []
         while True:
             try:

@@ -19,7 +19,9 @@ TIMELINE_S = 30.0
 RECENT_SEGMENTS = 5
 COLOURS = {"speech": "36", "music": "35", "noise": "33", SILENCE: "90"}  # ANSI foreground colour codes
 OTHER_COLOUR = "37"
-HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
+# Hide the cursor and turn line wrapping off while drawing, so that a narrow terminal clips long lines
+# instead of wrapping them, which would throw off the count of lines to move up over.
+START_DRAWING, STOP_DRAWING = "\x1b[?25l\x1b[?7l", "\x1b[?7h\x1b[?25h"
 
 
 @dataclass
@@ -82,13 +84,13 @@ class LiveDisplay:
 
     def close(self) -> None:
         if self.ansi and self._lines_drawn:
-            self.out.write(SHOW_CURSOR)
+            self.out.write(STOP_DRAWING)
             self.out.flush()
 
     def _redraw(self) -> None:
         lines = self.render()
-        # Move up over the last frame and clear to the end of the screen; hide the cursor on the first frame.
-        self.out.write((f"\x1b[{self._lines_drawn}F\x1b[J" if self._lines_drawn else HIDE_CURSOR)
+        # Move up over the last frame and clear to the end of the screen.
+        self.out.write((f"\x1b[{self._lines_drawn}F\x1b[J" if self._lines_drawn else START_DRAWING)
                        + "\n".join(lines) + "\n")
         self.out.flush()
         self._lines_drawn = len(lines)

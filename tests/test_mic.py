@@ -150,4 +150,4 @@ def test_terminal_display_redraws_in_place():
     assert any("music" in line and "█" * 24 in line and "0.80" in line for line in frame)
     assert any(line.startswith("Last 30 s:") and line.endswith("M\x1b[0m") for line in frame)
     assert display.state.seconds_per_label == {"music": 0.6}
-    assert out.getvalue().endswith("\x1b[?25h")
+    assert out.getvalue().endswith("\x1b[?7h\x1b[?25h")  # wrapping and the cursor are back

@@ -39,7 +39,8 @@ function showProbabilities(probs) {
 }
 
 function formatSegment(segment) {
-  return `${segment.start.toFixed(1)}–${segment.end.toFixed(1)} s: ${segment.label} (${segment.confidence.toFixed(2)})`;
+  const span = `${segment.start.toFixed(1)}–${segment.end.toFixed(1)} s`;
+  return `${span}: ${segment.label} (${segment.confidence.toFixed(2)})`;
 }
 
 // Segments as coloured blocks over [startS, endS] (hidden from screen readers), and as a text list.
@@ -67,26 +68,28 @@ function streamUrl(sampleRate) {
   return url;
 }
 
-function onLiveEvent(event) {
+function onLiveEvent(session, event) {
+  if (session !== live) return; // a late event of an earlier session
   if (event.type === "error") {
     setMicStatus(`The service stopped the stream: ${event.message}`);
     return;
   }
   if (event.type === "segment") {
-    live.segments.push(event);
-    live.segments = live.segments.filter((s) => s.end > event.end - LIVE_WINDOW_S);
+    session.segments.push(event);
+    session.segments = session.segments.filter((s) => s.end > event.end - LIVE_WINDOW_S);
   } else {
-    live.timeS = event.time;
+    session.timeS = event.time;
     $("live-label").textContent = event.label;
     $("live-label").dataset.label = event.label;
     $("live-time").textContent = `at ${event.time.toFixed(1)} s`;
     showProbabilities(event.probs);
   }
   // Segments close about 1.5 s late; until then the current label stands for the open stretch.
-  const closedS = live.segments.length ? live.segments[live.segments.length - 1].end : 0;
-  const open = { start: closedS, end: live.timeS, label: $("live-label").dataset.label, confidence: 0, pending: true };
-  const shown = open.end > open.start && open.label ? [...live.segments, open] : live.segments;
-  drawTimeline($("live-timeline"), $("live-segments"), shown, live.timeS - LIVE_WINDOW_S, live.timeS);
+  const closedS = session.segments.length ? session.segments[session.segments.length - 1].end : 0;
+  const label = $("live-label").dataset.label;
+  const open = { start: closedS, end: session.timeS, label, confidence: 0, pending: true };
+  const shown = open.end > open.start && open.label ? [...session.segments, open] : session.segments;
+  drawTimeline($("live-timeline"), $("live-segments"), shown, session.timeS - LIVE_WINDOW_S, session.timeS);
 }
 
 async function startMic() {
@@ -102,7 +105,8 @@ async function startMic() {
   const capture = new AudioWorkletNode(context, "pcm-capture", { numberOfInputs: 1, numberOfOutputs: 0 });
   const socket = new WebSocket(streamUrl(context.sampleRate));
   socket.binaryType = "arraybuffer";
-  live = { media, context, socket, segments: [], timeS: 0 };
+  const session = { media, context, socket, segments: [], timeS: 0 };
+  live = session;
   capture.port.onmessage = (message) => {
     if (socket.readyState === WebSocket.OPEN) socket.send(message.data);
   };
@@ -110,10 +114,12 @@ async function startMic() {
     context.createMediaStreamSource(media).connect(capture);
     setMicStatus(`Listening (${context.sampleRate} Hz).`);
   };
-  socket.onmessage = (message) => onLiveEvent(JSON.parse(message.data));
+  socket.onmessage = (message) => onLiveEvent(session, JSON.parse(message.data));
   socket.onclose = (close) => {
-    releaseMic();
-    if (close.code !== 1000) setMicStatus(`Disconnected (${close.code}${close.reason ? ": " + close.reason : ""}).`);
+    releaseMic(session);
+    if (session === live && close.code !== 1000) {
+      setMicStatus(`Disconnected (${close.code}${close.reason ? ": " + close.reason : ""}).`);
+    }
   };
   setMicButton(true);
 }
@@ -123,15 +129,15 @@ function stopMic() {
   if (live.socket.readyState === WebSocket.OPEN) {
     live.socket.send(JSON.stringify({ type: "end" })); // the service sends the last segment, then closes
   }
-  releaseMic();
+  releaseMic(live);
 }
 
-function releaseMic() {
-  if (!live || live.released) return;
-  live.released = true;
-  live.media.getTracks().forEach((track) => track.stop());
-  live.context.close();
-  setMicButton(false);
+function releaseMic(session) {
+  if (session.released) return;
+  session.released = true;
+  session.media.getTracks().forEach((track) => track.stop());
+  session.context.close();
+  if (session === live) setMicButton(false);
 }
 
 function setMicButton(running) {
