@@ -30,17 +30,25 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python system-deps
 	$(BIN)/python -m pip install -q -e '.[train,mic,dev,bench]'
 	touch $@ $(VENV)/.runtime-installed
 
-# Debian packages the extras need: PortAudio for the microphone (sounddevice).
-system-deps:
-	@if ldconfig -p 2>/dev/null | grep -q libportaudio.so.2; then :; \
+# Debian packages the tests need: PortAudio for the microphone extra (sounddevice), Chromium for the
+# web page test. Installed with apt-get when running as root; otherwise a warning says how.
+# A failed install never stops the run.
+# $(call apt_package,PACKAGE,CHECK,WHY,OTHER SYSTEMS): install PACKAGE unless the shell test CHECK passes.
+define apt_package
+	@if $(2); then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing libportaudio2 (needed by the microphone extra)"; \
-		(apt-get install -y -q libportaudio2 >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q libportaudio2 >/dev/null)) \
-		|| echo "warning: could not install libportaudio2; microphone tests will be skipped"; \
+		echo "installing $(1) ($(3))"; \
+		(apt-get install -y -q --no-install-recommends $(1) >/dev/null 2>&1 \
+		 || (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(1) >/dev/null)) \
+		|| echo "warning: could not install $(1): $(3)"; \
 	else \
-		echo "warning: PortAudio is missing; install it (Debian/Ubuntu: sudo apt-get install libportaudio2," \
-		     "macOS: brew install portaudio) for the microphone demo; its tests will be skipped"; \
+		echo "warning: $(1) is missing: $(3). Install it (Debian/Ubuntu: sudo apt-get install $(1)$(4))"; \
 	fi
+endef
+
+system-deps:
+	$(call apt_package,libportaudio2,ldconfig -p 2>/dev/null | grep -q libportaudio.so.2,swishnet mic and serve --mic need it (the tests use a fake device),; macOS: brew install portaudio)
+	$(call apt_package,chromium,test -x /usr/bin/chromium,the web page test is skipped without it)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

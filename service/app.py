@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from service import __version__
@@ -17,6 +19,8 @@ from service.audio import AudioError, AudioTooLongError, load_audio
 from service.config import Settings
 from service.inference import Classifier
 from service.limits import BodySizeLimit
+from service.live import live_input
+from service.live import router as live_router
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.schemas import ClassifyResponse, ErrorMessage, Health, StreamOptions
 from service.stream import classify_audio
@@ -58,13 +62,15 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.classifier = classifier or Classifier(settings.model_path, intra_op_num_threads=settings.intra_op_threads)
         log.info("serving model %s", app.state.classifier.card.get("name", "?"))
-        yield
+        async with live_input(settings, app.state.classifier, app.state.metrics) as app.state.live:
+            yield
 
     app = FastAPI(
         title="SwishNet Live",
         version=__version__,
         description="Speech / music / noise / silence classification of audio files (REST) and live streams "
-        "(WebSocket `/v1/stream`, protocol in the README).",
+        "(WebSocket `/v1/stream`, protocol in the README; `/v1/live`: the server's own microphone, read-only). "
+        "A web page at `/` classifies the browser's microphone or an uploaded file.",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -72,7 +78,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.streams_open = 0
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(websocket_router)
+    app.include_router(live_router)
     _add_http_routes(app)
+    _add_web_page(app)
     return app
 
 
@@ -85,6 +93,17 @@ async def _read_upload(request: Request) -> tuple[bytes, str | None]:
             raise HTTPException(400, "multipart upload has no file field named 'file'")
         return await upload.read(), upload.filename
     return await request.body(), None
+
+
+def _add_web_page(app: FastAPI) -> None:
+    """The browser page at / and its files under /web/ (shipped in the package: no build step)."""
+    web = StaticFiles(packages=[("service", "web")])
+    app.mount("/web", web, name="web")
+    index = Path(web.all_directories[0]) / "index.html"
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(index)
 
 
 def _add_http_routes(app: FastAPI) -> None:

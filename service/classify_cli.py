@@ -45,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
                         help="write one output file per input (NAME.json, NAME.csv or NAME.TextGrid) "
                              "instead of printing")
+    add_analysis_options(parser)
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="inference threads (default: %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    """The engine's knobs (--window, --hop, ...), shared by the commands that run it; see stream_config."""
     parser.add_argument("--window", type=float, default=_DEFAULTS.window_s, metavar="S",
                         help="analysis window in seconds (default: %(default)s)")
     parser.add_argument("--hop", type=float, default=_DEFAULTS.hop_s, metavar="S",
@@ -56,9 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--silence-threshold", type=float, default=_DEFAULTS.silence_threshold_db, metavar="DB",
                         help="audio quieter than this (dBFS) is silence (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="inference threads (default: %(default)s)")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

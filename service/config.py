@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,3 +31,16 @@ class Settings(BaseSettings):
     stream_burst_s: float = Field(10.0, ge=0, description="Audio a stream may send ahead of the speed limit.")
     max_message_bytes: int = Field(4 * 2**20, ge=1, description="Largest WebSocket message accepted.")
     idle_timeout_s: float = Field(30.0, gt=0, description="A stream that sends nothing for this long is closed.")
+    mic_device: str | None = Field(
+        None, description="Input device to classify live and publish on WS /v1/live: 'default', an index or part of "
+        "a name (see swishnet mic --list-devices). Unset: no live input."
+    )
+    live_queue_events: int = Field(
+        256, ge=1, description="Events a /v1/live subscriber may fall behind; beyond it its oldest are dropped."
+    )
+
+    @model_validator(mode="after")
+    def _one_capture(self) -> Settings:
+        if self.mic_device is not None and self.workers > 1:
+            raise ValueError("live input (mic_device) needs a single worker: each worker would open the device")
+        return self

@@ -21,6 +21,12 @@ class Metrics:
         self.streams_total = Counter(
             "swishnet_streams", "WebSocket streams ended, by how they ended.", ["outcome"], registry=self.registry
         )
+        self.live_subscribers = Gauge("swishnet_live_subscribers", "WS /v1/live subscribers now.",
+                                      registry=self.registry)
+        self.live_events_dropped = Counter(
+            "swishnet_live_events_dropped", "Events dropped for /v1/live subscribers that read too slowly.",
+            registry=self.registry,
+        )
         self.audio_seconds = Counter(
             "swishnet_audio_seconds", "Seconds of audio classified, by source.", ["source"], registry=self.registry
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from pydantic import ValidationError
+
 from service.cli import CommandError
 from service.config import Settings
 
@@ -14,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the REST and WebSocket service",
-        description="Serve POST /v1/classify, WS /v1/stream, GET /v1/model, /healthz and /metrics. "
+        description="Serve POST /v1/classify, WS /v1/stream, GET /v1/model, /healthz, /metrics and the web page "
+        "at /; with --mic, also WS /v1/live. "
         "Every limit can also be set by environment variable: SWISHNET_MAX_STREAMS, "
         "SWISHNET_MAX_UPLOAD_BYTES, SWISHNET_IDLE_TIMEOUT_S, ... (see service/config.py).",
     )
@@ -22,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help=f"TCP port (default: {defaults['port'].default})")
     parser.add_argument("--model", help="ONNX model file to serve (default: the bundled SwishNet-slim)")
     parser.add_argument("--workers", type=int, help="server processes (default: 1)")
+    parser.add_argument("--mic", nargs="?", const="default", metavar="DEVICE",
+                        help="also listen to this input device (index or part of its name; without DEVICE: the "
+                             "default input) and publish its events on WS /v1/live; needs the mic extra")
     parser.set_defaults(handler=_serve)
 
 
@@ -32,14 +38,35 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Options go through the environment so that every uvicorn worker builds the same Settings.
     for name, value in {"host": args.host, "port": args.port, "model_path": args.model,
-                        "workers": args.workers}.items():
+                        "workers": args.workers, "mic_device": args.mic}.items():
         if value is not None:
             os.environ[f"SWISHNET_{name.upper()}"] = str(value)
-    settings = Settings()
+    settings = _settings()
     try:  # fail here, with one clear line, rather than in every worker's start-up
         Classifier(settings.model_path)
     except ModelError as error:
         raise CommandError(str(error)) from None
+    _check_mic(settings.mic_device)
     uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, log_level="info")
     return 0
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        raise CommandError(f"invalid settings: {problems}") from None
+
+
+def _check_mic(device: str | None) -> None:
+    """Fail before serving when live input is asked for and the device cannot be used."""
+    if device is None:
+        return
+    from service.mic import MicError, import_sounddevice, input_device, parse_device
+
+    try:
+        input_device(import_sounddevice(), parse_device(device))
+    except MicError as error:
+        raise CommandError(str(error)) from None

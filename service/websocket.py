@@ -142,7 +142,7 @@ async def stream_endpoint(ws: WebSocket) -> None:
         if closed.message:
             outcome = f"error_{closed.code}"
             log.info("stream closed with %d: %s", closed.code, closed.message)
-        await _close(ws, closed)
+        await close_stream(ws, closed)
     except WebSocketDisconnect:
         outcome = "client_gone"
         log.info("client left mid-stream")
@@ -152,7 +152,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
         state.metrics.streams_total.labels(outcome).inc()
 
 
-async def _close(ws: WebSocket, closed: StreamClosed) -> None:
+async def close_stream(ws: WebSocket, closed: StreamClosed) -> None:
+    """Send the error message, if any, then close with the code; quietly if the client has already gone."""
     if ws.client_state != WebSocketState.CONNECTED:
         return
     try:

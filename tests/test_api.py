@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,6 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -23,39 +21,10 @@ from service.config import Settings
 from service.features import SAMPLE_RATE
 from service.stream import StreamConfig, classify_audio
 from tests.conftest import make_signal
+from tests.live_server import LiveServer
 
 LIMITS = dict(max_upload_bytes=3_000_000, max_upload_duration_s=60, max_streams=60, idle_timeout_s=3.0,
               max_message_bytes=1_000_000)
-
-
-class LiveServer:
-    """A uvicorn server in a background thread, on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=8 * 2**20))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws(self, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/stream{query}"
 
 
 @pytest.fixture(scope="module")

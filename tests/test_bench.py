@@ -66,7 +66,11 @@ def test_files_section(quick_report):
 
 def test_service_and_memory_sections(quick_report):
     service, memory = quick_report[1]["service"], quick_report[1]["memory"]
-    assert [step["streams"] for step in service["steps"]] == [1, 4]
+    streams = [step["streams"] for step in service["steps"]]
+    # Steps stop once p99 passes the limit, which depends on the machine's load, not on the code.
+    assert streams in ([1], [1, 4])
+    if streams == [1]:
+        assert service["p99_passes_limit_at_streams"] == 1
     for step in service["steps"]:
         assert step["errors"] == []
         assert step["labels_received"] == step["labels_expected"] > 0

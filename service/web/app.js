@@ -1,0 +1,217 @@
+// SwishNet Live in the browser: the microphone over WS /v1/stream, files over POST /v1/classify.
+// URLs are relative to the page, so it also works behind a path prefix.
+"use strict";
+
+const LIVE_WINDOW_S = 60; // the live timeline shows the last minute
+const $ = (id) => document.getElementById(id);
+
+let labels = ["speech", "music", "noise"]; // replaced by the served model's labels
+let live = null; // the running microphone session
+
+// ---- drawing ----
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  node.append(...children);
+  return node;
+}
+
+function buildProbabilityBars() {
+  $("live-probs").replaceChildren(...labels.map((label) => element("div", { class: "prob" },
+    element("span", { class: "prob-name", id: `prob-name-${label}` }, label),
+    element("div", { class: "bar", role: "meter", "aria-labelledby": `prob-name-${label}`, "aria-valuemin": "0",
+                     "aria-valuemax": "1", "aria-valuenow": "0" }, element("div", { class: `fill label-${label}` })),
+    element("span", { class: "prob-value" }, "0.00"),
+  )));
+  $("legend").replaceChildren(...[...labels, "silence"].map((label) =>
+    element("li", {}, element("span", { class: `swatch label-${label}` }), label)));
+}
+
+function showProbabilities(probs) {
+  labels.forEach((label, i) => {
+    const row = $("live-probs").children[i];
+    const p = probs[label] ?? 0;
+    row.querySelector(".bar").setAttribute("aria-valuenow", p.toFixed(2));
+    row.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
+    row.querySelector(".prob-value").textContent = p.toFixed(2);
+  });
+}
+
+function formatSegment(segment) {
+  const span = `${segment.start.toFixed(1)}–${segment.end.toFixed(1)} s`;
+  return `${span}: ${segment.label} (${segment.confidence.toFixed(2)})`;
+}
+
+// Segments as coloured blocks over [startS, endS] (hidden from screen readers), and as a text list.
+function drawTimeline(timeline, list, segments, startS, endS) {
+  const span = Math.max(endS - startS, 1e-6);
+  timeline.hidden = false;
+  timeline.replaceChildren(...segments.filter((s) => s.end > startS).map((segment) => {
+    const from = Math.max(segment.start, startS);
+    const block = element("div", { class: `block label-${segment.label}${segment.pending ? " pending" : ""}`,
+                                   title: formatSegment(segment) });
+    block.style.left = `${(100 * (from - startS)) / span}%`;
+    block.style.width = `${(100 * (segment.end - from)) / span}%`;
+    return block;
+  }));
+  list.replaceChildren(...segments.filter((s) => !s.pending).map((segment) =>
+    element("li", { "data-label": segment.label }, formatSegment(segment))));
+}
+
+// ---- microphone ----
+
+function streamUrl(sampleRate) {
+  const url = new URL("v1/stream", document.baseURI);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.search = new URLSearchParams({ sample_rate: Math.round(sampleRate), encoding: "pcm_f32le" });
+  return url;
+}
+
+function onLiveEvent(session, event) {
+  if (session !== live) return; // a late event of an earlier session
+  if (event.type === "error") {
+    setMicStatus(`The service stopped the stream: ${event.message}`);
+    return;
+  }
+  if (event.type === "segment") {
+    session.segments.push(event);
+    session.segments = session.segments.filter((s) => s.end > event.end - LIVE_WINDOW_S);
+  } else {
+    session.timeS = event.time;
+    $("live-label").textContent = event.label;
+    $("live-label").dataset.label = event.label;
+    $("live-time").textContent = `at ${event.time.toFixed(1)} s`;
+    showProbabilities(event.probs);
+  }
+  // Segments close about 1.5 s late; until then the current label stands for the open stretch.
+  const closedS = session.segments.length ? session.segments[session.segments.length - 1].end : 0;
+  const label = $("live-label").dataset.label;
+  const open = { start: closedS, end: session.timeS, label, confidence: 0, pending: true };
+  const shown = open.end > open.start && open.label ? [...session.segments, open] : session.segments;
+  drawTimeline($("live-timeline"), $("live-segments"), shown, session.timeS - LIVE_WINDOW_S, session.timeS);
+}
+
+async function startMic() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new Error("this page needs a secure origin for the microphone: open it over https or from localhost");
+  }
+  // Raw audio: the model was trained without the browser's voice processing.
+  const media = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+  });
+  const context = new AudioContext();
+  await context.audioWorklet.addModule("web/capture-worklet.js");
+  const capture = new AudioWorkletNode(context, "pcm-capture", { numberOfInputs: 1, numberOfOutputs: 0 });
+  const socket = new WebSocket(streamUrl(context.sampleRate));
+  socket.binaryType = "arraybuffer";
+  const session = { media, context, socket, segments: [], timeS: 0 };
+  live = session;
+  capture.port.onmessage = (message) => {
+    if (socket.readyState === WebSocket.OPEN) socket.send(message.data);
+  };
+  socket.onopen = () => {
+    context.createMediaStreamSource(media).connect(capture);
+    setMicStatus(`Listening (${context.sampleRate} Hz).`);
+  };
+  socket.onmessage = (message) => onLiveEvent(session, JSON.parse(message.data));
+  socket.onclose = (close) => {
+    releaseMic(session);
+    if (session === live && close.code !== 1000) {
+      setMicStatus(`Disconnected (${close.code}${close.reason ? ": " + close.reason : ""}).`);
+    }
+  };
+  setMicButton(true);
+}
+
+function stopMic() {
+  setMicStatus("Stopped.");
+  if (live.socket.readyState === WebSocket.OPEN) {
+    live.socket.send(JSON.stringify({ type: "end" })); // the service sends the last segment, then closes
+  }
+  releaseMic(live);
+}
+
+function releaseMic(session) {
+  if (session.released) return;
+  session.released = true;
+  session.media.getTracks().forEach((track) => track.stop());
+  session.context.close();
+  if (session === live) setMicButton(false);
+}
+
+function setMicButton(running) {
+  $("mic-button").textContent = running ? "Stop microphone" : "Start microphone";
+  $("mic-button").setAttribute("aria-pressed", String(running));
+}
+
+function setMicStatus(text) {
+  $("mic-status").textContent = text;
+}
+
+async function toggleMic() {
+  if (live && !live.released) {
+    stopMic();
+    return;
+  }
+  setMicStatus("Starting…");
+  try {
+    await startMic();
+  } catch (error) {
+    const denied = error.name === "NotAllowedError";
+    setMicStatus(denied ? "Microphone access was denied: allow it in the site settings, then retry."
+                        : `Cannot start the microphone: ${error.message}`);
+  }
+}
+
+// ---- files ----
+
+async function classifyFile(file) {
+  $("file-status").textContent = `Classifying ${file.name}…`;
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const response = await fetch("v1/classify", { method: "POST", body: form });
+    const body = await response.json();
+    if (!response.ok) {
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      $("file-status").textContent = `${file.name}: ${detail}`;
+      return;
+    }
+    $("file-status").textContent = `${file.name}: ${body.duration.toFixed(1)} s, mostly ${body.label}.`;
+    drawTimeline($("file-timeline"), $("file-segments"), body.segments, 0, body.duration);
+  } catch (error) {
+    $("file-status").textContent = `${file.name}: the service could not be reached (${error.message}).`;
+  }
+}
+
+function setUpDropZone() {
+  const zone = $("drop-zone");
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    if (event.dataTransfer.files.length) classifyFile(event.dataTransfer.files[0]);
+  });
+  $("file-input").addEventListener("change", (event) => {
+    if (event.target.files.length) classifyFile(event.target.files[0]);
+  });
+}
+
+async function loadLabels() {
+  try {
+    const card = await (await fetch("v1/model")).json();
+    labels = card.labels;
+  } catch {
+    // keep the default labels: the page still works, the bars are named after the usual classes
+  }
+  buildProbabilityBars();
+}
+
+$("mic-button").addEventListener("click", toggleMic);
+setUpDropZone();
+loadLabels();
