@@ -317,11 +317,12 @@ def musan_tasks(musan_dir: Path, seed: int) -> dict[str, list[FileTask]]:
     Splits go by top-level subfolder under each class when it has at least
     three, else by file; either way with MUSAN_FRACTIONS and a fixed seed.
     """
+    missing = [f"{label}/" for label in LABELS if not (musan_dir / label).is_dir()]
+    if missing:
+        raise CorpusError(f"{musan_dir} is not a MUSAN folder: it has no {' or '.join(missing)} subfolder")
     by_package: dict[str, list[FileTask]] = {}
     for label in LABELS:
         root = musan_dir / label
-        if not root.is_dir():
-            raise CorpusError(f"{musan_dir} is not a MUSAN folder: it has no {label}/ subfolder")
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(AUDIO_SUFFIXES))
         if not files:
             raise CorpusError(f"{root} holds no audio files")
