@@ -140,9 +140,10 @@ def _parse_settings(raw: Mapping) -> Settings:
     screening = {label: Screen(**bounds) for label, bounds in (raw.pop("screening", None) or {}).items()}
     synthetic = raw.pop("synthetic_noise", None) or {}
     known = {f.name for f in fields(Settings)}
-    unknown = set(raw) - known
-    if unknown or set(caps) - set(LABELS) or set(screening) - set(LABELS):
-        raise CorpusError(f"unknown settings {sorted(unknown | (set(caps) | set(screening)) - set(LABELS))}")
+    unknown = (set(raw) - known) | ((set(caps) | set(screening)) - set(LABELS))
+    if unknown:
+        raise CorpusError(f"unknown settings {sorted(unknown)}: settings are {sorted(known)}; "
+                          f"caps and screening are keyed by class ({', '.join(LABELS)})")
     return Settings(
         **raw,
         caps=caps,

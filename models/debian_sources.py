@@ -106,6 +106,8 @@ def unpack_members(deb: Path, patterns: list[str], dest: Path) -> list[Member]:
     """Stream the members of ``deb`` matching ``patterns`` into ``dest``; expand archives.
 
     Only audio files (and archives that hold wanted audio) are written.
+    Symlinks are skipped: Debian packages link duplicate files, and a
+    duplicate would put the same sound in the corpus twice.
     """
     member_globs = archive_globs(patterns)
     process = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)

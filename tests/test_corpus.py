@@ -269,6 +269,8 @@ def test_sources_file_listing_a_reserved_package_or_splitting_a_group_is_refused
         for name, split in [("game-music", "train"), ("game-data", "test")])
     with pytest.raises(CorpusError, match="group game spans"):
         load_sources(write_sources(tmp_path, split_group))
+    with pytest.raises(CorpusError, match=r"unknown settings \['silence_db', 'speach'\]"):
+        load_sources(write_sources(tmp_path, "settings: {silence_db: 3, caps: {speach: {file_s: 1, package_h: 1}}}\n"))
 
 
 def test_assign_splits_is_deterministic_and_follows_the_fractions():
