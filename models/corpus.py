@@ -290,6 +290,7 @@ def finish(out_dir: Path, packages: Iterable[str]) -> None:
         dropped += read_csv(dropped_path)
     write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
     write_csv(out_dir / "dropped.csv", DROPPED_COLUMNS, dropped)
+    shutil.rmtree(out_dir / "work", ignore_errors=True)  # emptied package by package
     (out_dir / "CORPUS.md").write_text(render_report(rows, dropped))
 
 
