@@ -29,8 +29,6 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                         help="augmented data variants, cycled over epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate of each cosine cycle")
-    parser.add_argument("--patience", type=int, default=d.patience,
-                        help="early stop after this many epochs without improvement (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=d.workers, help="processes preparing data (0: in this process)")
     parser.add_argument("--cache", type=Path, help="feature cache directory (default: 'features' beside the corpus)")
     parser.set_defaults(handler=_train)
@@ -42,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         corpus=args.corpus, out=args.out, arch=args.arch, epochs=args.epochs, max_minutes=args.max_minutes,
         seed=args.seed, resume=args.resume, batch_size=args.batch_size, learning_rate=args.lr,
-        windows_per_class=args.windows_per_class, variants=args.variants, patience=args.patience,
+        windows_per_class=args.windows_per_class, variants=args.variants,
         workers=args.workers, cache=args.cache,
     )
     train(options)

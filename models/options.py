@@ -20,7 +20,6 @@ class TrainOptions:
     windows_per_class: int = 8_000
     variants: int = 8
     val_windows_per_class: int = 1_000
-    patience: int = 40
     label_smoothing: float = 0.05
     restart_epochs: int = 10
     restart_mult: int = 2

@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
@@ -136,23 +137,23 @@ def _make_chunk(tasks: list[WindowTask]) -> list[tuple[np.ndarray, int] | None]:
 
 
 def parallel_map(function: Callable, items: Sequence, workers: int, desc: str, initargs: tuple = ()) -> list:
-    """``[function(item) for item in items]`` in order, on ``workers`` spawned processes (0: here)."""
-    bar = tqdm(total=len(items), desc=desc, unit="task", leave=False)
-    if workers == 0:
-        init_worker(*initargs)
-        results = []
-        for item in items:
-            results.append(function(item))
-            bar.update()
-        bar.close()
-        return results
-    with multiprocessing.get_context("spawn").Pool(workers, init_worker, initargs) as pool:
-        results = []
-        for result in pool.imap(function, items):
-            results.append(result)
-            bar.update()
-    bar.close()
-    return results
+    """``[function(item) for item in items]`` in order, on ``workers`` spawned processes (0: here).
+
+    A process pool executor, not multiprocessing.Pool: a worker that dies
+    raises BrokenProcessPool here instead of being respawned forever.
+    """
+    with tqdm(total=len(items), desc=desc, unit="task", leave=False) as bar:
+        if workers == 0:
+            init_worker(*initargs)
+            return [_counted(function(item), bar) for item in items]
+        context = multiprocessing.get_context("spawn")  # fork after torch's threads start is unsafe
+        with ProcessPoolExecutor(workers, context, initializer=init_worker, initargs=initargs) as pool:
+            return [_counted(result, bar) for result in pool.map(function, items)]
+
+
+def _counted(result, bar: tqdm):
+    bar.update()
+    return result
 
 
 def _tasks(spec: PoolSpec, clips: list[Clip], variant: int) -> list[WindowTask]:

@@ -5,10 +5,13 @@ each batch cropped to its own random length of 0.5 to 2 s. Classes are
 balanced by sampling, so the loss needs no class weights; light label
 smoothing keeps the tiny network from chasing the label noise of game audio.
 
-Model selection (best.pt, early stopping) uses the mean of two balanced
+Model selection (best.pt) uses the mean of two balanced
 accuracies (mean per-class recall) on fixed validation windows: clean, and
 the same windows through an 8 kHz telephone channel. The telephone half
 punishes a model that leans on bandwidth to tell speech from the rest.
+Early stopping fits the warm restarts: training stops at the end of a cosine
+cycle that did not beat the best score of the cycles before it (mid-cycle,
+right after a restart, scores dip by design).
 
 Everything random derives from ``--seed`` and the epoch number, so a resumed
 run draws the same batches as an uninterrupted one.
@@ -107,7 +110,6 @@ class RunState:
     epoch: int = 0  # completed epochs
     best_score: float = -1.0
     best_epoch: int = -1
-    stale_epochs: int = 0
     train_seconds: float = 0.0
     history: list = None
 
@@ -241,7 +243,7 @@ def train(options: TrainOptions) -> RunState:
         model, optimizer, scheduler, state = _build(options, data)
         log.info("SwishNet-%s, %d parameters; data ready after %.1f min", options.arch, parameter_count(model),
                  (time.monotonic() - started) / 60)
-        while state.epoch < options.epochs and state.stale_epochs < options.patience:
+        while state.epoch < options.epochs and not _stalled(state, options):
             if _out_of_time(state, deadline):
                 log.info("stopping before epoch %d: the %g min budget would run out", state.epoch + 1,
                          options.max_minutes)
@@ -269,7 +271,26 @@ def _advance(state: RunState, record: dict) -> bool:
     state.history.append(record)
     improved = record["score"] > state.best_score
     if improved:
-        state.best_score, state.best_epoch, state.stale_epochs = record["score"], record["epoch"], 0
-    else:
-        state.stale_epochs += 1
+        state.best_score, state.best_epoch = record["score"], record["epoch"]
     return improved
+
+
+def cycle_ends(options: TrainOptions) -> list[int]:
+    """Epoch counts at which a cosine cycle ends: 10, 30, 70, 150, ... for T_0 = 10, T_mult = 2."""
+    ends, length = [options.restart_epochs], options.restart_epochs
+    while ends[-1] < options.epochs:
+        length *= options.restart_mult
+        ends.append(ends[-1] + length)
+    return ends
+
+
+def _stalled(state: RunState, options: TrainOptions) -> bool:
+    """True at the end of a cycle (not the first) whose epochs never improved on the best score."""
+    ends = cycle_ends(options)
+    if state.epoch not in ends[1:]:
+        return False
+    previous_end = ends[ends.index(state.epoch) - 1]
+    stalled = state.best_epoch <= previous_end
+    if stalled:
+        log.info("early stop: epochs %d to %d did not beat epoch %d", previous_end + 1, state.epoch, state.best_epoch)
+    return stalled

@@ -17,7 +17,7 @@ from models.dataset import (WINDOW_MAX_SAMPLES, CorpusError, SamplingConfig, cap
 from models.evaluate import CONDITIONS, evaluate, make_sequences, window_starts  # noqa: E402
 from models.options import TrainOptions  # noqa: E402
 from models.pool import PoolSpec, crop_batch, load_or_build  # noqa: E402
-from models.train import RunState, _out_of_time, train  # noqa: E402
+from models.train import RunState, _out_of_time, _stalled, cycle_ends, train  # noqa: E402
 from service.cli import CommandError  # noqa: E402
 from service.features import SAMPLE_RATE  # noqa: E402
 from tests.conftest import make_signal  # noqa: E402
@@ -170,6 +170,15 @@ def test_time_budget_stops_before_an_epoch_that_would_overrun():
     assert _out_of_time(state, time.monotonic() + 5)
     assert not _out_of_time(state, time.monotonic() + 60)
     assert not _out_of_time(RunState(), None)
+
+
+def test_early_stopping_waits_for_the_end_of_a_cosine_cycle(corpus):
+    options = TrainOptions(corpus=corpus, out=corpus, epochs=150, restart_epochs=10, restart_mult=2)
+    assert cycle_ends(options) == [10, 30, 70, 150]
+    assert _stalled(RunState(epoch=30, best_epoch=8), options)
+    assert not _stalled(RunState(epoch=30, best_epoch=25), options)
+    assert not _stalled(RunState(epoch=50, best_epoch=8), options)  # mid-cycle: scores dip after a restart
+    assert not _stalled(RunState(epoch=10, best_epoch=2), options)  # the first cycle has nothing to beat
 
 
 def test_evaluate_writes_a_complete_card(trained, tmp_path):
