@@ -101,10 +101,11 @@ _WORKER: dict = {}
 
 
 def init_worker(noise: NoiseBank | None = None, augment_config: AugmentConfig = AugmentConfig()) -> None:
-    """Per-process state; one BLAS thread, since the pool itself supplies the parallelism."""
+    """Per-process state; one BLAS thread, since the pool itself supplies the parallelism
+    (BLAS only: with ``workers=0`` this runs in the training process, whose OpenMP threads are torch's)."""
     from threadpoolctl import threadpool_limits
 
-    _WORKER.update(noise=noise, augment=augment_config, limits=threadpool_limits(1))
+    _WORKER.update(noise=noise, augment=augment_config, limits=threadpool_limits(1, user_api="blas"))
 
 
 def _channel(audio: np.ndarray, channel: str, label: int, rng: np.random.Generator) -> np.ndarray:
