@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ from models.dataset import (WINDOW_MAX_FRAMES, WINDOW_MIN_FRAMES, Clip, Sampling
                             read_segment)
 from models.labels import LABELS
 from service.features import N_MFCC, SAMPLE_RATE, mfcc
+
+log = logging.getLogger(__name__)
 
 POOL_VERSION = 1  # bump when window making changes, so that old caches are not reused
 CHANNELS = ("augmented", "clean", "telephone")
@@ -62,6 +66,10 @@ class PoolSpec:
     seed: int
     sampling: SamplingConfig = SamplingConfig()
     augment: AugmentConfig = AugmentConfig()
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"unknown channel {self.channel!r}: expected one of {CHANNELS}")
 
     def key(self, manifest_digest: str) -> str:
         text = json.dumps([POOL_VERSION, manifest_digest, asdict(self)], sort_keys=True)
@@ -190,7 +198,11 @@ def load_or_build(spec: PoolSpec, clips: list[Clip], noise: NoiseBank | None, va
     if path.is_file():
         with np.load(path) as data:
             return WindowSet(data["features"], data["lengths"], data["labels"])
+    started = time.monotonic()
     windows = build_variant(spec, clips, noise, variant, workers)
+    seconds = time.monotonic() - started
+    log.info("%s %s variant %d: %d windows in %.0f s (%.0f windows/s, %d workers)", spec.split, spec.channel,
+             variant, len(windows), seconds, len(windows) / seconds, workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.partial-{os.getpid()}.npz")
     np.savez(partial, features=windows.features, lengths=windows.lengths, labels=windows.labels)

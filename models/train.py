@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +111,7 @@ class RunState:
     best_score: float = -1.0
     best_epoch: int = -1
     train_seconds: float = 0.0
-    history: list = None
-
-    def __post_init__(self) -> None:
-        self.history = self.history or []
+    history: list = field(default_factory=list)
 
 
 RESUME_MUST_MATCH = ("arch", "seed", "batch_size", "windows_per_class", "variants", "val_windows_per_class")

@@ -126,6 +126,8 @@ def test_pool_is_cached_and_deterministic(corpus, tmp_path):
     np.testing.assert_array_equal(first.features, rebuilt.features)
     features, lengths = crop_batch(first, np.arange(len(first)), 40, np.random.default_rng(0))
     assert features.shape == (len(first), 20, lengths.max()) and lengths.max() <= 40
+    with pytest.raises(ValueError, match="channel"):
+        PoolSpec("val", "radio", 8, seed=3)
 
 
 def test_training_lowers_the_loss_and_writes_checkpoints(trained):
