@@ -63,8 +63,7 @@ def ship(checkpoint: Path, out: Path, quantize_mode: str | None = None, corpus: 
         if quantize_mode:
             shipped, quantization = _quantised(shipped, quantize_mode, corpus, data, seed)
         os.replace(shipped, out)
-    card = base_card(out.stem, model.config.arch, list(model.config.labels), parameter_count(model),
-                     saved.get("training"))
+    card = base_card(out.stem, model.config, parameter_count(model), saved.get("training"))
     card.update(onnx_facts(out), parity_max_abs_diff=parity, quantization=quantization)
     card["metrics"] = split_metrics(OnnxScorer(out), data, seed) if data else {}
     write_card(card, out.with_suffix(".json"))

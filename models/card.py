@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from service.cli import CommandError
 from service.features import FEATURE_CONTRACT
+
+if TYPE_CHECKING:
+    from models.swishnet import SwishNetConfig
 
 CARD_KEYS = ("name", "architecture", "labels", "features", "input", "output", "window_s", "parameters",
              "onnx_sha256", "opset", "training", "metrics", "licence")
@@ -27,12 +32,12 @@ PAPER = {  # SWISHNET.md: published clip accuracy, overall / speech-vs-non-speec
 }
 
 
-def base_card(name: str, architecture: str, labels: list[str], parameters: int, training: dict | None) -> dict:
+def base_card(name: str, config: "SwishNetConfig", parameters: int, training: dict | None) -> dict:
     """Every card key that does not depend on an ONNX file or an evaluation."""
     return {
         "name": name,
-        "architecture": architecture,
-        "labels": list(labels),
+        "architecture": config.arch,
+        "labels": list(config.labels),
         "features": dict(FEATURE_CONTRACT),
         "input": INPUT_NAME,
         "input_shape": ["batch", FEATURE_CONTRACT["n_mfcc"], "frames"],
@@ -40,6 +45,8 @@ def base_card(name: str, architecture: str, labels: list[str], parameters: int, 
         "output": OUTPUT_NAME,
         "output_description": "softmax of the time-pooled logits, in the order of 'labels'; float32 (batch, 3)",
         "window_s": (training or {}).get("window_s", [0.5, 2.0]),
+        "receptive_field_frames": config.receptive_field,
+        "stack_dilations": list(config.stack_dilations),
         "parameters": int(parameters),
         "training": training,
         "metrics": {},
@@ -61,21 +68,17 @@ def onnx_facts(path: Path) -> dict:
 
 
 def card_for_model(path: Path) -> dict:
-    """The card of a checkpoint (built from it) or of an ONNX file (the JSON beside it, else a minimal one)."""
+    """The card of a checkpoint (built from it) or of an ONNX file (the JSON that export wrote beside it)."""
     path = Path(path)
     if path.suffix == ".onnx":
         beside = path.with_suffix(".json")
         if beside.is_file():
             return {**json.loads(beside.read_text()), **onnx_facts(path)}
-        from models.labels import LABELS
-
-        return {**base_card(path.stem, "unknown", list(LABELS), 0, None), **onnx_facts(path)}
+        raise CommandError(f"no card {beside} beside {path}: evaluate the checkpoint, or export it again")
     from models.swishnet import load_checkpoint, parameter_count
 
     model, checkpoint = load_checkpoint(path)
-    name = f"swishnet-{model.config.arch}"
-    return base_card(name, model.config.arch, list(model.config.labels), parameter_count(model),
-                     checkpoint.get("training"))
+    return base_card(f"swishnet-{model.config.arch}", model.config, parameter_count(model), checkpoint.get("training"))
 
 
 def write_card(card: dict, path: Path) -> None:

@@ -18,6 +18,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus directory (default: %(default)s)")
     parser.add_argument("--arch", choices=["slim", "wide"], default=d.arch, help="network width (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="run directory for last.pt and best.pt")
+    parser.add_argument("--dilations", type=_dilations, help="the five stack dilations, e.g. 1,3,6,12,24 "
+                        "(default: the paper's strides as dilations, 3,2,2,2,2)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
                         help="epochs; cosine cycles end at 10, 30, 70, 150 (default: %(default)s)")
     parser.add_argument("--max-minutes", type=float, help="wall-clock budget for the whole command, data preparation included")
@@ -30,18 +32,28 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate of each cosine cycle")
     parser.add_argument("--workers", type=int, default=d.workers, help="processes preparing data (0: in this process)")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help="torch threads; 2 helps only on an otherwise idle machine (default: %(default)s)")
     parser.add_argument("--cache", type=Path, help="feature cache directory (default: 'features' beside the corpus)")
     parser.set_defaults(handler=_train)
+
+
+def _dilations(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
     from models.train import train
 
     options = TrainOptions(
-        corpus=args.corpus, out=args.out, arch=args.arch, epochs=args.epochs, max_minutes=args.max_minutes,
+        corpus=args.corpus, out=args.out, arch=args.arch, dilations=args.dilations, epochs=args.epochs,
+        max_minutes=args.max_minutes,
         seed=args.seed, resume=args.resume, batch_size=args.batch_size, learning_rate=args.lr,
         windows_per_class=args.windows_per_class, variants=args.variants,
-        workers=args.workers, cache=args.cache,
+        workers=args.workers, threads=args.threads, cache=args.cache,
     )
     train(options)
     return 0

@@ -11,6 +11,7 @@ class TrainOptions:
     corpus: Path
     out: Path
     arch: str = "slim"
+    dilations: tuple[int, ...] | None = None  # the stack's dilations; None: the paper's 3, 2, 2, 2, 2
     epochs: int = 150  # 10 + 20 + 40 + 80: ends where a cosine cycle ends
     max_minutes: float | None = None
     seed: int = 0
@@ -24,7 +25,7 @@ class TrainOptions:
     restart_epochs: int = 10
     restart_mult: int = 2
     workers: int = 2
-    threads: int = 2
+    threads: int = 1  # see README: two OpenMP threads collapse (5 to 15x) when anyone else uses a core
     cache: Path | None = None  # default: a "features" directory beside the corpus
 
     @property

@@ -52,17 +52,27 @@ class SwishNetConfig:
     n_skips: int = 3
 
     @classmethod
-    def for_arch(cls, arch: str) -> "SwishNetConfig":
-        """SwishNet-slim, or SwishNet-wide (every width doubled)."""
+    def for_arch(cls, arch: str, stack_dilations: tuple[int, ...] | None = None) -> "SwishNetConfig":
+        """SwishNet-slim, or SwishNet-wide (every width doubled); optionally other stack dilations."""
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}: expected one of {ARCHITECTURES}")
         scale = 2 if arch == "wide" else 1
         base = cls()
+        dilations = tuple(stack_dilations or base.stack_dilations)
+        if len(dilations) != len(base.stack_filters) or min(dilations) < 1:
+            raise ValueError(f"expected {len(base.stack_filters)} positive stack dilations, got {dilations}")
         return cls(
             arch=arch,
             block_filters=tuple(f * scale for f in base.block_filters),
             stack_filters=tuple(f * scale for f in base.stack_filters),
+            stack_dilations=dilations,
         )
+
+    @property
+    def receptive_field(self) -> int:
+        """Input frames that one output frame sees (the current one included)."""
+        blocks = len(self.block_filters) * (max(self.block_kernel, self.separable_kernel) - 1)
+        return 1 + blocks + sum((self.stack_kernel - 1) * d for d in self.stack_dilations)
 
     def to_dict(self) -> dict:
         return asdict(self)

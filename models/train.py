@@ -55,6 +55,7 @@ class Data:
     spec: PoolSpec
     noise: NoiseBank
     validation: dict[str, WindowSet]
+    variants: dict[int, WindowSet] = field(default_factory=dict)  # in memory: no reload every epoch
 
 
 def prepare_data(options: TrainOptions) -> Data:
@@ -74,7 +75,10 @@ def prepare_data(options: TrainOptions) -> Data:
 
 
 def training_variant(data: Data, options: TrainOptions, variant: int) -> WindowSet:
-    return load_or_build(data.spec, data.clips, data.noise, variant, options.workers, options.cache_dir, data.digest)
+    if variant not in data.variants:
+        data.variants[variant] = load_or_build(data.spec, data.clips, data.noise, variant, options.workers,
+                                               options.cache_dir, data.digest)
+    return data.variants[variant]
 
 
 def feature_statistics(windows: WindowSet) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +118,8 @@ class RunState:
     history: list = field(default_factory=list)
 
 
-RESUME_MUST_MATCH = ("arch", "seed", "batch_size", "windows_per_class", "variants", "val_windows_per_class")
+RESUME_MUST_MATCH = ("arch", "dilations", "seed", "batch_size", "windows_per_class", "variants",
+                     "val_windows_per_class")
 
 
 def _check_run_dir(options: TrainOptions) -> Path:
@@ -131,7 +136,7 @@ def _restore(model: SwishNet, optimizer: torch.optim.Optimizer, last: Path, opti
              digest: str) -> RunState:
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     saved = checkpoint["options"]
-    changed = [key for key in RESUME_MUST_MATCH if saved[key] != getattr(options, key)]
+    changed = [key for key in RESUME_MUST_MATCH if saved.get(key) != getattr(options, key)]
     if checkpoint["training"]["manifest_sha256"] != digest:
         changed.append("corpus manifest")
     if changed:
@@ -209,7 +214,7 @@ def run_epoch(model: SwishNet, optimizer: torch.optim.Optimizer, scheduler, wind
 
 def _build(options: TrainOptions, data: Data) -> tuple[SwishNet, torch.optim.Optimizer, object, RunState]:
     torch.manual_seed(options.seed)
-    model = SwishNet(SwishNetConfig.for_arch(options.arch))
+    model = SwishNet(SwishNetConfig.for_arch(options.arch, options.dilations))
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=options.restart_epochs, T_mult=options.restart_mult, eta_min=options.learning_rate / 100)

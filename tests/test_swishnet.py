@@ -83,12 +83,27 @@ def test_normalisation_is_a_buffer_inside_the_model():
     assert parameter_count(net) == 4_919  # buffers are not parameters
 
 
+@pytest.mark.parametrize("dilations", [None, (1, 3, 6, 12, 24)])
+def test_receptive_field_is_what_the_config_says(dilations):
+    net = SwishNet(SwishNetConfig.for_arch("slim", dilations)).eval()
+    field = net.config.receptive_field
+    assert field == (38 if dilations is None else 108)
+    x = random_mfcc(1, field + 20)
+    changed = x.clone()
+    changed[:, :, 0] += 50
+    with torch.no_grad():
+        moved = (net.frame_logits(x) - net.frame_logits(changed)).abs().amax(dim=2)[0]
+    assert moved[field - 1] > 0 and torch.all(moved[field:] == 0)
+
+
 def test_config_round_trip_and_wide_doubles_widths():
     wide = SwishNetConfig.for_arch("wide")
     assert wide.block_filters == (32, 16, 16) and wide.stack_filters == (32, 32, 32, 32, 64)
     assert SwishNetConfig.from_dict(wide.to_dict()) == wide
     with pytest.raises(ValueError, match="slim"):
         SwishNetConfig.for_arch("huge")
+    with pytest.raises(ValueError, match="five|5 positive"):
+        SwishNetConfig.for_arch("slim", (1, 2))
 
 
 def test_checkpoint_carries_its_shape(tmp_path, model):

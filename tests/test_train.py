@@ -211,6 +211,20 @@ def test_evaluation_sampling_is_seeded(corpus):
     assert set(np.unique(one[1])) <= {-1, 0, 1, 2}
 
 
+def test_dilations_option_parses_and_travels_with_the_checkpoint(trained, tmp_path):
+    import argparse
+
+    from models.commands import _dilations
+
+    assert _dilations("1,3,6,12,24") == (1, 3, 6, 12, 24)
+    with pytest.raises(argparse.ArgumentTypeError):
+        _dilations("1;3")
+    options, _ = trained
+    run = train(replace(options, out=tmp_path / "dilated", epochs=1, dilations=(1, 3, 6, 12, 24)))
+    card = card_for_model(tmp_path / "dilated" / "best.pt")
+    assert run.epoch == 1 and card["stack_dilations"] == [1, 3, 6, 12, 24] and card["receptive_field_frames"] == 108
+
+
 def test_cli_registers_commands_without_importing_torch():
     result = run_without_training_stack("""
         from service.cli import build_parser
