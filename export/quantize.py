@@ -54,7 +54,8 @@ def quantize(float_path: Path, out_path: Path, mode: str, calibration: np.ndarra
     if mode not in MODES:
         raise ValueError(f"unknown quantisation {mode!r}: expected one of {MODES}")
     if mode == "dynamic":
-        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
+        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=QUANTIZED_OPS)
         return Path(out_path)
     if calibration is None:
         raise ValueError("static quantisation needs calibration windows")

@@ -108,7 +108,8 @@ def _class_table(report: dict) -> list[str]:
     for label, scores in report["per_class"].items():
         lines.append(_row([label, scores["precision"], scores["recall"], scores["f1"], scores["support"]]))
     labels = report["confusion"]["rows_true_columns_predicted"]
-    lines += ["", "Confusion (rows: true, columns: predicted):", "", _row(["", *labels]), _row(["---"] * (len(labels) + 1))]
+    lines += ["", "Confusion (rows: true, columns: predicted):", "", _row(["", *labels]),
+              _row(["---"] * (len(labels) + 1))]
     lines += [_row([label, *counts]) for label, counts in zip(labels, report["confusion"]["counts"])]
     return lines
 
@@ -143,8 +144,8 @@ def card_markdown(card: dict) -> str:
     lines += ["## Metrics", ""] + _metrics_section(card) + ["", "## Training", ""]
     if training:
         lines += [f"- corpus manifest sha256 `{training.get('manifest_sha256')}`",
-                  f"- epochs {training.get('epochs')} (best {training.get('best_epoch')}), seed {training.get('seed')}, "
-                  f"{training.get('train_minutes')} min",
+                  f"- epochs {training.get('epochs')} (best {training.get('best_epoch')}), "
+                  f"seed {training.get('seed')}, {training.get('train_minutes')} min",
                   f"- validation at best epoch: {training.get('validation')}",
                   f"- windows {training.get('window_s')} s"]
     lines += ["", "## Licence", "", card["licence"], ""]

@@ -22,7 +22,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the paper's strides as dilations, 3,2,2,2,2)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
                         help="epochs; cosine cycles end at 10, 30, 70, 150 (default: %(default)s)")
-    parser.add_argument("--max-minutes", type=float, help="wall-clock budget for the whole command, data preparation included")
+    parser.add_argument("--max-minutes", type=float,
+                        help="wall-clock budget for the whole command, data preparation included")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for sampling, augmentation, crops and weights")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--windows-per-class", type=int, default=d.windows_per_class,

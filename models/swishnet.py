@@ -191,7 +191,8 @@ def load_checkpoint(path: str | Path) -> tuple[SwishNet, dict]:
     """The model (in eval mode) and the whole checkpoint dictionary written by training."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: expected RUN_DIR/best.pt or RUN_DIR/last.pt from 'swishnet train'")
+        raise CheckpointError(f"no checkpoint at {path}: expected RUN_DIR/best.pt or RUN_DIR/last.pt "
+                              "from 'swishnet train'")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or not {"config", "model"} <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a SwishNet checkpoint (it lacks 'config' and 'model')")

@@ -23,7 +23,8 @@ def _clip(label: str, seconds: float, seed: int) -> np.ndarray:
     return audio.astype(np.float32)
 
 
-def make_corpus(root: Path, clips_per_split: dict[str, int] | None = None, seconds: tuple[float, ...] = (0.6, 1.5, 3.0)) -> Path:
+def make_corpus(root: Path, clips_per_split: dict[str, int] | None = None,
+                seconds: tuple[float, ...] = (0.6, 1.5, 3.0)) -> Path:
     """Write clips of each class and split, FLAC 16 kHz mono, and the manifest; return ``root``."""
     clips_per_split = clips_per_split or {"train": 6, "val": 3, "test": 3}
     rows = []
