@@ -30,11 +30,12 @@ import numpy as np
 import scipy.ndimage
 
 from models.augment import EVAL_MP3_COMPRESSION, active_frames, mp3_round_trip, telephone
-from models.dataset import Clip, read_manifest, select
+from models.dataset import Clip, CorpusError, read_manifest, select
 from models.metrics import classification_report
 from models.pool import parallel_map
 from models.labels import LABELS
 from service.audio import load_audio
+from service.cli import CommandError
 from service.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, mfcc, n_frames
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def load_scorer(path: Path) -> Scorer:
     path = Path(path)
     if path.suffix == ".onnx":
         if not path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {path}")
+            raise CommandError(f"no ONNX model at {path}")
         return OnnxScorer(path)
     from models.swishnet import load_checkpoint
 
@@ -162,7 +163,7 @@ def clip_classification(scorer: Scorer, clips: list[Clip], prepared: list[ClipFe
         rng = np.random.default_rng([seed, int(length_s * 1000)])
         picks = [(i, s) for i, clip in enumerate(prepared) for s in window_starts(clip.active, frames, rng)]
         if not picks:
-            raise ValueError(f"no clip has {length_s:g} s of non-silent audio; the split is too small to evaluate")
+            raise CorpusError(f"no clip has {length_s:g} s of non-silent audio; the split is too small to evaluate")
         labels = np.array([clips[i].label for i, _ in picks])
         packages = np.array([clips[i].package for i, _ in picks])
         result[length_key(length_s)] = {
