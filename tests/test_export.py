@@ -1,0 +1,128 @@
+"""ONNX export: the runtime contract, parity with PyTorch, self-containment, the card, int8."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from export.parity import BATCH_SIZES, FRAME_COUNTS, PARITY_ATOL, max_difference  # noqa: E402
+from export.quantize import calibration_windows, quantize  # noqa: E402
+from export.ship import accuracy_gate, ship  # noqa: E402
+from models.card import CARD_KEYS, card_for_model, sha256_file  # noqa: E402
+from models.evaluate import OnnxScorer, evaluate  # noqa: E402
+from models.swishnet import build  # noqa: E402
+from service.cli import CommandError  # noqa: E402
+from service.features import FEATURE_CONTRACT, mfcc  # noqa: E402
+from tests.conftest import make_signal  # noqa: E402
+from tests.fake_corpus import make_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build("slim")
+    model.set_normalisation(torch.linspace(-300, 10, 20), torch.linspace(5, 60, 20))
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict(),
+                "training": {"window_s": [0.5, 2.0], "seed": 0}}, path)
+    return path, model.eval()
+
+
+@pytest.fixture(scope="module")
+def shipped(checkpoint, tmp_path_factory):
+    """One export (the slow part: about 10 s), shared by the tests below."""
+    out = tmp_path_factory.mktemp("models") / "swishnet-test.onnx"
+    return out, ship(checkpoint[0], out)
+
+
+def test_contract_names_types_and_dynamic_axes(shipped):
+    session = ort.InferenceSession(str(shipped[0]), providers=["CPUExecutionProvider"])
+    (given,), (produced,) = session.get_inputs(), session.get_outputs()
+    assert (given.name, given.type, given.shape[1]) == ("mfcc", "tensor(float)", 20)
+    assert isinstance(given.shape[0], str) and isinstance(given.shape[2], str)
+    assert (produced.name, produced.type, produced.shape[1]) == ("probs", "tensor(float)", 3)
+    assert shipped[1]["opset"] >= 17
+
+
+def test_onnx_matches_pytorch_for_batches_and_lengths(shipped, checkpoint):
+    assert BATCH_SIZES == (1, 3) and min(FRAME_COUNTS) <= 8 and max(FRAME_COUNTS) >= 998  # 0.1 s to 10 s
+    assert max_difference(checkpoint[1], shipped[0]) < PARITY_ATOL
+    assert shipped[1]["parity_max_abs_diff"] < PARITY_ATOL
+
+
+def test_real_features_in_probabilities_out(shipped, checkpoint):
+    session = ort.InferenceSession(str(shipped[0]), providers=["CPUExecutionProvider"])
+    features = np.stack([mfcc(make_signal(kind, seconds=1.0)).T for kind in ("speech", "music", "noise")])
+    probs = session.run(["probs"], {"mfcc": features})[0]
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    with torch.no_grad():
+        expected = torch.softmax(checkpoint[1](torch.from_numpy(features)), dim=-1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=PARITY_ATOL)
+
+
+def test_the_file_is_self_contained(shipped):
+    out, _ = shipped
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.stem + ".json", out.stem + ".md", out.name]
+    model = onnx.load(str(out), load_external_data=False)
+    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    onnx.checker.check_model(model)
+    assert not any(node.metadata_props for node in model.graph.node)  # no local paths from stack traces
+
+
+def test_card_describes_the_file(shipped):
+    out, card = shipped
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved == card and set(CARD_KEYS) <= saved.keys()
+    assert saved["onnx_sha256"] == sha256_file(out)
+    assert saved["features"] == FEATURE_CONTRACT
+    assert (saved["input"], saved["output"], saved["labels"]) == ("mfcc", "probs", ["speech", "music", "noise"])
+    assert saved["architecture"] == "slim" and saved["parameters"] == 4_919 and saved["window_s"] == [0.5, 2.0]
+
+
+def test_onnx_models_are_evaluated_like_a_stream(shipped, tmp_path):
+    scorer = OnnxScorer(shipped[0])
+    features = mfcc(np.concatenate([make_signal("music", 1.5), make_signal("speech", 1.0)])).T
+    probs = scorer.frame_probs(features)
+    assert probs.shape == (features.shape[1], 3)
+    # frames 190 to 199 hold the decision taken at frame 200 on the trailing 98 frames (1 s)
+    np.testing.assert_allclose(probs[190:200], np.tile(scorer.window_probs(features[None, :, 102:200]), (10, 1)),
+                               atol=1e-6)
+    corpus = make_corpus(tmp_path / "corpus", {"train": 1, "val": 1, "test": 3})
+    metrics = evaluate(shipped[0], corpus, "test", workers=0)
+    assert "trailing" in metrics["segmentation"]["method"]
+    card = card_for_model(shipped[0])
+    assert card["onnx_sha256"] == shipped[1]["onnx_sha256"] and card["name"] == shipped[1]["name"]
+
+
+def test_bad_requests_are_refused(checkpoint, tmp_path):
+    with pytest.raises(CommandError, match=".onnx"):
+        ship(checkpoint[0], tmp_path / "model.bin")
+    with pytest.raises(CommandError, match="--corpus"):
+        ship(checkpoint[0], tmp_path / "m.onnx", quantize_mode="dynamic")
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_keeps_the_contract(shipped, tmp_path, mode):
+    corpus = make_corpus(tmp_path / "corpus", {"train": 3, "val": 1, "test": 1})
+    windows = calibration_windows(corpus, n_per_class=4)
+    assert windows.shape[1:] == (20, 98)
+    int8_path = quantize(shipped[0], tmp_path / "int8.onnx", mode, windows if mode == "static" else None)
+    session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["mfcc"] and [o.name for o in session.get_outputs()] == ["probs"]
+    probs = session.run(["probs"], {"mfcc": windows})[0]
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-3)
+
+
+def test_int8_ships_only_within_half_a_point():
+    assert accuracy_gate("static", 95.0, 94.6)["drop_points"] == 0.4
+    with pytest.raises(CommandError, match="loses 0.6 points"):
+        accuracy_gate("dynamic", 95.0, 94.4)
+
+
+def test_quantize_rejects_unknown_modes(shipped, tmp_path):
+    with pytest.raises(ValueError, match="dynamic"):
+        quantize(shipped[0], tmp_path / "x.onnx", "float16")
