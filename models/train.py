@@ -123,6 +123,7 @@ RESUME_MUST_MATCH = ("arch", "dilations", "seed", "batch_size", "windows_per_cla
 
 
 def _check_run_dir(options: TrainOptions) -> Path:
+    """RUN_DIR/last.pt, after checking that --resume matches what is there."""
     last = Path(options.out) / "last.pt"
     if options.resume and not last.is_file():
         raise CommandError(f"nothing to resume: {last} does not exist; run without --resume to start")
@@ -212,13 +213,12 @@ def run_epoch(model: SwishNet, optimizer: torch.optim.Optimizer, scheduler, wind
             "partial": partial}
 
 
-def _build(options: TrainOptions, data: Data) -> tuple[SwishNet, torch.optim.Optimizer, object, RunState]:
+def _build(options: TrainOptions, data: Data, last: Path) -> tuple[SwishNet, torch.optim.Optimizer, object, RunState]:
     torch.manual_seed(options.seed)
     model = SwishNet(SwishNetConfig.for_arch(options.arch, options.dilations))
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=options.restart_epochs, T_mult=options.restart_mult, eta_min=options.learning_rate / 100)
-    last = Path(options.out) / "last.pt"
     if options.resume:
         return model, optimizer, scheduler, _restore(model, optimizer, last, options, data.digest)
     model.set_normalisation(*feature_statistics(training_variant(data, options, 0)))
@@ -227,9 +227,10 @@ def _build(options: TrainOptions, data: Data) -> tuple[SwishNet, torch.optim.Opt
 
 def _out_of_time(state: RunState, deadline: float | None) -> bool:
     """Whether another epoch (estimated from the last one, plus 10 %) would overrun the budget."""
-    if deadline is None or not state.history:
-        return deadline is not None and time.monotonic() >= deadline
-    return time.monotonic() + 1.1 * state.history[-1]["seconds"] > deadline
+    if deadline is None:
+        return False
+    estimate = 1.1 * state.history[-1]["seconds"] if state.history else 0.0
+    return time.monotonic() + estimate > deadline
 
 
 def train(options: TrainOptions) -> RunState:
@@ -239,10 +240,10 @@ def train(options: TrainOptions) -> RunState:
     started = time.monotonic()
     deadline = started + 60 * options.max_minutes if options.max_minutes else None
     torch.set_num_threads(options.threads)
-    _check_run_dir(options)
+    last = _check_run_dir(options)
     with threadpool_limits(1, user_api="blas"):  # numpy work here is small; torch owns the cores
         data = prepare_data(options)
-        model, optimizer, scheduler, state = _build(options, data)
+        model, optimizer, scheduler, state = _build(options, data, last)
         log.info("SwishNet-%s, %d parameters; data ready after %.1f min", options.arch, parameter_count(model),
                  (time.monotonic() - started) / 60)
         while state.epoch < options.epochs and not _stalled(state, options):
