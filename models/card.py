@@ -126,7 +126,8 @@ def _metrics_section(card: dict) -> list[str]:
     segmentation = metrics.get("segmentation")
     if segmentation:
         paper = PAPER.get(card.get("architecture", ""), {}).get("segmentation")
-        lines += ["", f"Segmentation (frame accuracy, silence not scored): raw {segmentation['accuracy_raw']} %, "
+        lines += ["", f"Segmentation (frame accuracy, silence not scored): streaming engine "
+                  f"{segmentation['accuracy_engine']} %; its raw decisions {segmentation['accuracy_raw']} %, "
                   f"median-filtered {segmentation['accuracy_median']} % (paper: {paper} %). {segmentation['method']}"]
     lines += ["", "Accuracy per source package, 1 s windows, clean:", ""]
     lines += [f"- {package}: {accuracy}" for package, accuracy in one_second.get("accuracy_per_package", {}).items()]

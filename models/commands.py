@@ -80,5 +80,5 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_card(card, args.card)
     summary = {key: value["clean"]["accuracy"] for key, value in card["metrics"]["clip_classification"].items()}
     print(json.dumps({"card": str(args.card), "clean_accuracy": summary,
-                      "segmentation": card["metrics"]["segmentation"]["accuracy_median"]}))
+                      "segmentation_engine": card["metrics"]["segmentation"]["accuracy_engine"]}))
     return 0

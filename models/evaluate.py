@@ -9,14 +9,16 @@ computed three times: on the clean audio, through an 8 kHz telephone channel
 (300 to 3400 Hz), and through a low-bitrate CBR MP3 round trip.
 
 Segmentation: seeded artificial concatenations of silence, noise, speech and
-music segments cut from the split's clips. Frame labels come from the
-segment a frame's centre falls in; silent frames (models.augment.
-active_frames) are not scored. Frame probabilities come from the checkpoint's
-frame-wise causal logits over the whole sequence; an ONNX model, which only
-outputs pooled ``probs``, is scored on trailing 1 s windows every 10 frames
-(as a streaming engine would). Both are reported raw and after a centred
-median filter of ``MEDIAN_FRAMES`` frames on each class's probability (the
-paper's 200-frame filter, made odd so it is centred).
+music segments cut from the split's clips, each sound segment at a random
+level. Frame labels come from the segment a frame's centre falls in; silent
+frames (models.augment.active_frames) are not scored. The sequences go
+through the streaming engine (service.stream.AudioStream, default settings),
+exactly as the service and ``swishnet classify`` run them. Three figures:
+the engine's segments (smoothing, silence gate and segment rules included:
+what a user gets); its raw decisions, each dated to the middle of its window
+as the engine dates them, with no smoothing; and those decisions after a
+centred median filter of ``MEDIAN_FRAMES`` frames on each class's
+probability (the paper's 200-frame filter, made odd so it is centred).
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from typing import Protocol
 import numpy as np
 import scipy.ndimage
 
-from models.augment import EVAL_MP3_COMPRESSION, active_frames, mp3_round_trip, telephone
+from models.augment import EVAL_MP3_COMPRESSION, active_frames, mp3_round_trip, set_level, telephone
 from models.dataset import Clip, CorpusError, read_manifest, select
 from models.metrics import classification_report
 from models.pool import parallel_map
 from models.labels import LABELS
 from service.audio import load_audio
 from service.cli import CommandError
+from service.events import LabelEvent, SegmentEvent
 from service.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, mfcc, n_frames
+from service.stream import AudioStream, Decision, StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,41 +51,42 @@ MIN_ACTIVE_FRACTION = 0.5
 MEDIAN_FRAMES = 201
 SEGMENT_KINDS = ("silence", *LABELS)
 SEGMENT_S = (1.0, 6.0)
+SEGMENT_LEVEL_DBFS = (-35.0, -15.0)
 SEGMENTS_PER_SEQUENCE = 10
 SEQUENCES = 24
-STREAM_WINDOW_FRAMES = n_frames(SAMPLE_RATE)  # 1 s of audio
-STREAM_HOP_FRAMES = 10
+NOT_SCORED = -1  # frame label of silence (truth) or of a silent decision (prediction)
 SCORE_BATCH = 1024
 
 
 class Scorer(Protocol):
-    def window_probs(self, features: np.ndarray) -> np.ndarray:
-        """(batch, N_MFCC, frames) raw MFCCs -> (batch, classes) probabilities."""
+    """What evaluation scores: the interface of service.inference.Classifier, so the engine can run it."""
 
-    def frame_probs(self, features: np.ndarray) -> np.ndarray:
-        """(N_MFCC, frames) raw MFCCs of one long sequence -> (frames, classes) probabilities."""
+    labels: tuple[str, ...]
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """(batch, frames, N_MFCC) raw MFCCs -> (batch, classes) probabilities."""
 
 
 class TorchScorer:
-    """A checkpoint: pooled probabilities, and frame-wise ones from the causal frame logits."""
+    """A checkpoint, scored like its exported model: softmax of the time-pooled logits."""
+
+    labels = LABELS
 
     def __init__(self, model) -> None:
         import torch
 
         self.torch, self.model = torch, model.eval()
 
-    def window_probs(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        channels_first = self.torch.from_numpy(np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32))
         with self.torch.no_grad():
-            return self.torch.softmax(self.model(self.torch.from_numpy(features)), dim=-1).numpy()
-
-    def frame_probs(self, features: np.ndarray) -> np.ndarray:
-        with self.torch.no_grad():
-            logits = self.model.frame_logits(self.torch.from_numpy(features)[None])[0]
-        return self.torch.softmax(logits, dim=-1).numpy()
+            return self.torch.softmax(self.model(channels_first), dim=-1).numpy()
 
 
 class OnnxScorer:
-    """An exported model, run by onnxruntime exactly as the service runs it."""
+    """An exported model, run by onnxruntime as the service runs it (no card needed: it may not exist yet)."""
+
+    labels = LABELS
 
     def __init__(self, path: Path, threads: int = 2) -> None:
         import onnxruntime
@@ -90,22 +95,9 @@ class OnnxScorer:
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def window_probs(self, features: np.ndarray) -> np.ndarray:
-        return self.session.run(["probs"], {"mfcc": np.ascontiguousarray(features, dtype=np.float32)})[0]
-
-    def frame_probs(self, features: np.ndarray) -> np.ndarray:
-        """Probabilities of the trailing 1 s window every STREAM_HOP_FRAMES frames, held until the next."""
-        total = features.shape[1]
-        ends = np.arange(STREAM_HOP_FRAMES, total + STREAM_HOP_FRAMES, STREAM_HOP_FRAMES).clip(max=total)
-        probs = np.empty((ends.size, len(LABELS)), dtype=np.float32)
-        full = ends >= STREAM_WINDOW_FRAMES
-        for i in np.flatnonzero(~full):  # the first second: windows as long as the audio so far
-            probs[i] = self.window_probs(features[None, :, : ends[i]])[0]
-        if full.any():
-            starts = ends[full] - STREAM_WINDOW_FRAMES
-            windows = np.stack([features[:, s : s + STREAM_WINDOW_FRAMES] for s in starts])
-            probs[full] = batched_probs(self, windows)
-        return np.repeat(probs, np.diff(np.concatenate([[0], ends])), axis=0)
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        channels_first = np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32)
+        return self.session.run(["probs"], {"mfcc": channels_first})[0]
 
 
 def load_scorer(path: Path) -> Scorer:
@@ -121,7 +113,8 @@ def load_scorer(path: Path) -> Scorer:
 
 
 def batched_probs(scorer: Scorer, windows: np.ndarray) -> np.ndarray:
-    return np.concatenate([scorer.window_probs(windows[i : i + SCORE_BATCH])
+    """``scorer.predict`` in batches of at most SCORE_BATCH windows."""
+    return np.concatenate([scorer.predict(windows[i : i + SCORE_BATCH])
                            for i in range(0, len(windows), SCORE_BATCH)])
 
 
@@ -168,7 +161,7 @@ def clip_classification(scorer: Scorer, clips: list[Clip], prepared: list[ClipFe
         packages = np.array([clips[i].package for i, _ in picks])
         result[length_key(length_s)] = {
             condition: classification_report(labels, batched_probs(scorer, np.stack(
-                [prepared[i].features[condition][s : s + frames].T for i, s in picks])).argmax(axis=1), packages)
+                [prepared[i].features[condition][s : s + frames] for i, s in picks])).argmax(axis=1), packages)
             for condition in CONDITIONS
         }
     return result
@@ -181,11 +174,11 @@ def _segment(kind: int, clips_by_label: dict, rng: np.random.Generator) -> np.nd
     candidates = clips_by_label[kind - 1]
     audio = load_audio(candidates[rng.integers(len(candidates))].path)
     start = int(rng.integers(0, max(1, audio.size - n_samples + 1)))
-    return audio[start : start + n_samples]
+    return set_level(audio[start : start + n_samples], rng.uniform(*SEGMENT_LEVEL_DBFS))
 
 
 def make_sequences(clips: list[Clip], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Concatenations of segments of changing kind: (audio, frame labels with -1 for silence)."""
+    """Concatenations of segments of changing kind: (audio, frame labels, NOT_SCORED for silence)."""
     clips_by_label = {label: [c for c in clips if c.label == label] for label in range(len(LABELS))}
     sequences = []
     for _ in range(SEQUENCES):
@@ -195,32 +188,71 @@ def make_sequences(clips: list[Clip], rng: np.random.Generator) -> list[tuple[np
         segments = [_segment(kind, clips_by_label, rng) for kind in kinds]
         sample_labels = np.concatenate([np.full(s.size, kind - 1) for kind, s in zip(kinds, segments)])
         audio = np.concatenate(segments)
-        centres = np.arange(n_frames(audio.size)) * HOP_LENGTH + WIN_LENGTH // 2
-        sequences.append((audio, sample_labels[centres]))
+        sequences.append((audio, sample_labels[frame_centres(audio.size)]))
     return sequences
 
 
+def frame_centres(n_samples: int) -> np.ndarray:
+    """Sample index of the centre of every MFCC frame of ``n_samples`` of audio."""
+    return np.arange(n_frames(n_samples)) * HOP_LENGTH + WIN_LENGTH // 2
+
+
+@dataclass(frozen=True)
+class EngineFrames:
+    """One sequence through the engine, on the MFCC frame grid."""
+
+    segments: np.ndarray  # label index of the segment each frame lies in, NOT_SCORED for silence
+    decisions: np.ndarray  # (frames, classes) probabilities of the decision nearest each frame, 0 when silent
+
+
+def engine_frames(scorer: Scorer, audio: np.ndarray, config: StreamConfig) -> EngineFrames:
+    """Run ``audio`` through an AudioStream and spread its segments and decisions over the frames."""
+    stream = AudioStream(scorer, config)
+    events = stream.push(audio) + stream.flush()
+    times = frame_centres(audio.size) / SAMPLE_RATE
+    segments = [e for e in events if isinstance(e, SegmentEvent)]
+    ends = np.array([segment.end for segment in segments])
+    names = [segment.label for segment in segments]
+    index = np.minimum(np.searchsorted(ends, times), len(segments) - 1)
+    segment_labels = np.array([scorer.labels.index(n) if n in scorer.labels else NOT_SCORED for n in names])
+    hops = [e for e in events if isinstance(e, LabelEvent)]
+    centres = np.array([Decision.at(round(e.time * SAMPLE_RATE / HOP_LENGTH), config).centre_tick for e in hops])
+    probs = np.array([[e.probs[label] for label in scorer.labels] for e in hops], dtype=np.float32)
+    nearest = np.abs((times * SAMPLE_RATE / HOP_LENGTH)[:, None] - centres[None, :]).argmin(axis=1)
+    return EngineFrames(segment_labels[index], probs[nearest])
+
+
+def _argmax_or_silent(probs: np.ndarray) -> np.ndarray:
+    return np.where(probs.sum(axis=1) > 0, probs.argmax(axis=1), NOT_SCORED)
+
+
 def segmentation(scorer: Scorer, clips: list[Clip], seed: int) -> dict:
-    """Frame accuracy on artificial concatenations, raw and median-filtered (see the module docstring)."""
-    truth, raw, smoothed = [], [], []
+    """Frame accuracy on artificial concatenations through the engine (see the module docstring)."""
+    config = StreamConfig()
+    truth, engine, raw, smoothed = [], [], [], []
     for audio, labels in make_sequences(clips, np.random.default_rng([seed, 7])):
-        probs = scorer.frame_probs(mfcc(audio).T)
+        frames = engine_frames(scorer, audio, config)
         scored = (labels >= 0) & active_frames(audio)
-        filtered = scipy.ndimage.median_filter(probs, size=(MEDIAN_FRAMES, 1), mode="nearest")
+        filtered = scipy.ndimage.median_filter(frames.decisions, size=(MEDIAN_FRAMES, 1), mode="nearest")
         truth.append(labels[scored])
-        raw.append(probs.argmax(axis=1)[scored])
-        smoothed.append(filtered.argmax(axis=1)[scored])
-    truth, raw, smoothed = (np.concatenate(x) for x in (truth, raw, smoothed))
-    method = ("frame-wise causal logits of the whole sequence" if isinstance(scorer, TorchScorer)
-              else f"trailing {STREAM_WINDOW_FRAMES}-frame windows every {STREAM_HOP_FRAMES} frames")
+        engine.append(frames.segments[scored])
+        raw.append(_argmax_or_silent(frames.decisions)[scored])
+        smoothed.append(_argmax_or_silent(filtered)[scored])
+    truth, engine, raw, smoothed = (np.concatenate(x) for x in (truth, engine, raw, smoothed))
+    called = engine != NOT_SCORED
     return {
         "frames_scored": int(truth.size),
+        "accuracy_engine": round(100.0 * float(np.mean(truth == engine)), 2),
         "accuracy_raw": round(100.0 * float(np.mean(truth == raw)), 2),
         "accuracy_median": round(100.0 * float(np.mean(truth == smoothed)), 2),
-        "median_report": classification_report(truth, smoothed),
+        "engine_silence_percent": round(100.0 * float(np.mean(~called)), 2),
+        "engine_report": classification_report(truth[called], engine[called]),
         "method": f"{SEQUENCES} sequences of {SEGMENTS_PER_SEQUENCE} segments of {SEGMENT_S[0]:g} to "
-                  f"{SEGMENT_S[1]:g} s ({', '.join(SEGMENT_KINDS)}); {method}; median filter "
-                  f"{MEDIAN_FRAMES} frames per class probability; silent frames not scored.",
+                  f"{SEGMENT_S[1]:g} s ({', '.join(SEGMENT_KINDS)}), sound segments at {SEGMENT_LEVEL_DBFS[0]:g} to "
+                  f"{SEGMENT_LEVEL_DBFS[1]:g} dBFS; streaming engine with default settings ({config.window_s:g} s "
+                  f"window every {config.hop_s:g} s); engine: its segments; raw: its decisions, each dated to "
+                  f"the middle of its window; median: raw after a {MEDIAN_FRAMES}-frame median filter per class "
+                  "probability; silent frames not scored, frames the engine calls silence count as errors.",
     }
 
 

@@ -13,7 +13,7 @@ from export.parity import BATCH_SIZES, FRAME_COUNTS, PARITY_ATOL, max_difference
 from export.quantize import calibration_windows, quantize  # noqa: E402
 from export.ship import accuracy_gate, ship  # noqa: E402
 from models.card import CARD_KEYS, card_for_model, sha256_file  # noqa: E402
-from models.evaluate import OnnxScorer, evaluate  # noqa: E402
+from models.evaluate import OnnxScorer, TorchScorer, evaluate  # noqa: E402
 from models.swishnet import build  # noqa: E402
 from service.cli import CommandError  # noqa: E402
 from service.features import FEATURE_CONTRACT, mfcc  # noqa: E402
@@ -83,17 +83,15 @@ def test_card_describes_the_file(shipped):
     assert saved["architecture"] == "slim" and saved["parameters"] == 4_919 and saved["window_s"] == [0.5, 2.0]
 
 
-def test_onnx_models_are_evaluated_like_a_stream(shipped, tmp_path):
-    scorer = OnnxScorer(shipped[0])
-    features = mfcc(np.concatenate([make_signal("music", 1.5), make_signal("speech", 1.0)])).T
-    probs = scorer.frame_probs(features)
-    assert probs.shape == (features.shape[1], 3)
-    # frames 190 to 199 hold the decision taken at frame 200 on the trailing 98 frames (1 s)
-    np.testing.assert_allclose(probs[190:200], np.tile(scorer.window_probs(features[None, :, 102:200]), (10, 1)),
-                               atol=1e-6)
+def test_onnx_models_are_evaluated_like_a_stream(shipped, checkpoint, tmp_path):
+    windows = mfcc(np.concatenate([make_signal("music", 1.5), make_signal("speech", 1.0)]))[None, 102:200]
+    # the checkpoint and its export score a window alike, as the engine calls them
+    np.testing.assert_allclose(OnnxScorer(shipped[0]).predict(windows), TorchScorer(checkpoint[1]).predict(windows),
+                               atol=1e-4)
     corpus = make_corpus(tmp_path / "corpus", {"train": 1, "val": 1, "test": 3})
-    metrics = evaluate(shipped[0], corpus, "test", workers=0)
-    assert "trailing" in metrics["segmentation"]["method"]
+    segmentation = evaluate(shipped[0], corpus, "test", workers=0)["segmentation"]
+    assert "streaming engine" in segmentation["method"] and segmentation["frames_scored"] > 0
+    assert all(0 <= segmentation[key] <= 100 for key in ("accuracy_engine", "accuracy_raw", "accuracy_median"))
     card = card_for_model(shipped[0])
     assert card["onnx_sha256"] == shipped[1]["onnx_sha256"] and card["name"] == shipped[1]["name"]
 

@@ -14,12 +14,13 @@ from models import augment as A  # noqa: E402
 from models.card import CARD_KEYS, card_for_model, write_card  # noqa: E402
 from models.dataset import (WINDOW_MAX_SAMPLES, CorpusError, SamplingConfig, cap_shares, plan_windows,  # noqa: E402
                             read_manifest, select)
-from models.evaluate import CONDITIONS, evaluate, make_sequences, window_starts  # noqa: E402
+from models.evaluate import CONDITIONS, engine_frames, evaluate, make_sequences, window_starts  # noqa: E402
 from models.options import TrainOptions  # noqa: E402
 from models.pool import PoolSpec, crop_batch, load_or_build  # noqa: E402
 from models.train import RunState, _out_of_time, _stalled, cycle_ends, train  # noqa: E402
 from service.cli import CommandError  # noqa: E402
-from service.features import SAMPLE_RATE  # noqa: E402
+from service.features import SAMPLE_RATE, mfcc  # noqa: E402
+from service.stream import StreamConfig  # noqa: E402
 from tests.conftest import make_signal  # noqa: E402
 from tests.fake_corpus import make_corpus  # noqa: E402
 from tests.test_runtime_isolation import run_without_training_stack  # noqa: E402
@@ -196,8 +197,34 @@ def test_evaluate_writes_a_complete_card(trained, tmp_path):
             report = saved["metrics"]["clip_classification"][length][condition]
             assert {"accuracy", "speech_vs_nonspeech_accuracy", "per_class", "confusion",
                     "accuracy_per_package"} <= report.keys()
-    assert 0 <= saved["metrics"]["segmentation"]["accuracy_median"] <= 100
+    assert 0 <= saved["metrics"]["segmentation"]["accuracy_engine"] <= 100
     assert "Segmentation" in (tmp_path / "card.md").read_text()
+
+
+class ToneOrHiss:
+    """A stand-in model: music for harmonic tones, noise for white noise, told apart by the first cepstral slope."""
+
+    labels = ("speech", "music", "noise")
+
+    def __init__(self) -> None:
+        music, noise = (mfcc(make_signal(kind, 2.0))[:, 1].mean() for kind in ("music", "noise"))
+        self.threshold, self.music_above = (music + noise) / 2, music > noise
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        music = (windows[:, :, 1].mean(axis=1) > self.threshold) == self.music_above
+        return np.stack([np.zeros(music.size), music, ~music], axis=1).astype(np.float32)
+
+
+def test_segmentation_dates_decisions_like_the_engine():
+    # music, then noise from 3 s: a decision describes the middle of its 1 s window, so the frame-wise
+    # labels must switch near 3 s, not half a window later where the trailing windows switch
+    audio = np.concatenate([make_signal("music", 3.0), make_signal("noise", 3.0)])
+    frames = engine_frames(ToneOrHiss(), audio, StreamConfig())
+    centres_s = (np.arange(frames.segments.size) * 160 + 200) / SAMPLE_RATE
+    for labels in (frames.segments, frames.decisions.argmax(axis=1)):
+        switch_s = centres_s[np.flatnonzero(labels == 2)[0]]
+        assert abs(switch_s - 3.0) <= 0.15
+        assert np.all(labels[centres_s < 2.8] == 1) and np.all(labels[centres_s > 3.2] == 2)
 
 
 def test_evaluation_sampling_is_seeded(corpus):
