@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.card import INPUT_NAME, OUTPUT_NAME
 from models.swishnet import SwishNet
+from service.inference import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 18
 

@@ -9,6 +9,7 @@ import torch
 
 from models.swishnet import SwishNet
 from service.cli import CommandError
+from service.inference import INPUT_NAME, OUTPUT_NAME
 
 PARITY_ATOL = 1e-4
 BATCH_SIZES = (1, 3)
@@ -32,7 +33,7 @@ def max_difference(model: SwishNet, onnx_path: Path, seed: int = 0) -> float:
             mfcc = (mean + std * rng.standard_normal((batch, mean.shape[0], frames))).astype(np.float32)
             with torch.no_grad():
                 expected = torch.softmax(model(torch.from_numpy(mfcc)), dim=-1).numpy()
-            actual = session.run(["probs"], {"mfcc": mfcc})[0]
+            actual = session.run([OUTPUT_NAME], {INPUT_NAME: mfcc})[0]
             worst = max(worst, float(np.max(np.abs(actual - expected))))
     return worst
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from models.dataset import SamplingConfig, plan_windows, read_manifest, read_segment, select
-from models.card import INPUT_NAME
 from service.features import SAMPLE_RATE, mfcc, n_frames
+from service.inference import INPUT_NAME
 
 MODES = ("dynamic", "static")
 MAX_ACCURACY_DROP = 0.5  # percentage points

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 
 from service.cli import CommandError
 from service.features import FEATURE_CONTRACT
+from service.inference import INPUT_NAME, OUTPUT_NAME
 
 if TYPE_CHECKING:
     from models.swishnet import SwishNetConfig
 
 CARD_KEYS = ("name", "architecture", "labels", "features", "input", "output", "window_s", "parameters",
              "onnx_sha256", "opset", "training", "metrics", "licence")
-INPUT_NAME = "mfcc"
-OUTPUT_NAME = "probs"
 LICENCE = ("Code: MIT. Weights: trained on audio from Debian main packages and Flight of the Amazon Queen "
            "(freeware); every source's licence is in the corpus manifest (training.manifest_sha256), hours per "
            "licence in training.corpus.licence_hours.")

@@ -7,9 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from models.corpus_config import DEFAULT_OUT as DEFAULT_CORPUS
 from models.options import TrainOptions
-
-DEFAULT_CORPUS = Path("/work/data/corpus")
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:

@@ -49,16 +49,13 @@ from models.corpus_config import (
     SourcesFile,
     assign_splits,
 )
+from models.dataset import MANIFEST, MANIFEST_COLUMNS
 from models.debian_sources import AUDIO_SUFFIXES, fetch_deb, unpack_members
 from service.audio import AudioError, load_audio
 from service.features import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = (
-    "clip_id", "path", "label", "split", "package", "source", "licence",
-    "duration_s", "orig_sample_rate", "speech_ratio", "synthetic",
-)
 DROPPED_COLUMNS = ("package", "label", "reason", "count")
 SYNTHETIC_PACKAGE = "synthetic-noise"
 MUSAN_LICENCE = "MUSAN (CC BY 4.0 / CC BY 3.0 / public domain, per its LICENSE)"
@@ -288,7 +285,7 @@ def finish(out_dir: Path, packages: Iterable[str]) -> None:
         rows_path, dropped_path = _part_paths(out_dir, package)
         rows += read_csv(rows_path)
         dropped += read_csv(dropped_path)
-    write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
+    write_csv(out_dir / MANIFEST, MANIFEST_COLUMNS, rows)
     write_csv(out_dir / "dropped.csv", DROPPED_COLUMNS, dropped)
     shutil.rmtree(out_dir / "work", ignore_errors=True)  # emptied package by package
     (out_dir / "CORPUS.md").write_text(render_report(rows, dropped))

@@ -35,13 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from models.corpus import build
-    from models.corpus_config import DEFAULT_SOURCES_FILE, CorpusError, load_sources
+    from models.corpus_config import DEFAULT_SOURCES_FILE, load_sources
     from models.debian_sources import DebianSourceError
 
     try:
         build(load_sources(args.sources_file or DEFAULT_SOURCES_FILE), args.out, args.sources, args.cache,
               _jobs(args.jobs))
-    except (CorpusError, DebianSourceError) as error:
+    except DebianSourceError as error:  # CorpusError is a CommandError already
         raise CommandError(str(error)) from None
     print(f"corpus written to {args.out}; report: {args.out / 'CORPUS.md'}")
     return 0
@@ -49,12 +49,8 @@ def _build(args: argparse.Namespace) -> int:
 
 def _import_musan(args: argparse.Namespace) -> int:
     from models.corpus import import_musan
-    from models.corpus_config import CorpusError
 
-    try:
-        import_musan(args.path, args.out, _jobs(args.jobs))
-    except CorpusError as error:
-        raise CommandError(str(error)) from None
+    import_musan(args.path, args.out, _jobs(args.jobs))
     print(f"corpus written to {args.out}; report: {args.out / 'CORPUS.md'}")
     return 0
 

@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from models.debian_sources import matches_any
+from models.labels import LABELS
+from service.cli import CommandError
 
-LABELS = ("speech", "music", "noise")
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCES_FILE = Path(__file__).with_name("corpus_sources.yaml")
 DEFAULT_OUT = Path("/work/data/corpus")  # shared: training reads it
 DEFAULT_CACHE = Path("/work/data/debs")
 
 
-class CorpusError(ValueError):
-    """A corpus request or sources file that cannot be used; the message says how to fix it."""
+class CorpusError(CommandError):
+    """A corpus, corpus request or sources file that cannot be used; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -23,24 +23,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from models.corpus_config import SPLITS, CorpusError
 from models.labels import LABELS
 from service.audio import to_model_input
-from service.cli import CommandError
 from service.features import SAMPLE_RATE, n_frames
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("clip_id", "path", "label", "split", "package", "source", "licence", "duration_s",
                     "orig_sample_rate", "speech_ratio", "synthetic")
-SPLITS = ("train", "val", "test")
 WINDOW_MIN_S = 0.5
 WINDOW_MAX_S = 2.0
 WINDOW_MAX_SAMPLES = int(WINDOW_MAX_S * SAMPLE_RATE)
 WINDOW_MIN_FRAMES = n_frames(int(WINDOW_MIN_S * SAMPLE_RATE))
 WINDOW_MAX_FRAMES = n_frames(WINDOW_MAX_SAMPLES)
-
-
-class CorpusError(CommandError):
-    """The corpus is missing, malformed or lacks what training needs."""
 
 
 @dataclass(frozen=True)

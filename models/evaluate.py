@@ -40,6 +40,7 @@ from service.audio import load_audio
 from service.cli import CommandError
 from service.events import LabelEvent, SegmentEvent
 from service.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, mfcc, n_frames
+from service.inference import open_session, predict_windows
 from service.stream import AudioStream, Decision, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,10 @@ class OnnxScorer:
     labels = LABELS
 
     def __init__(self, path: Path, threads: int = 2) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = open_session(Path(path), Path(path).read_bytes(), threads)
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        channels_first = np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32)
-        return self.session.run(["probs"], {"mfcc": channels_first})[0]
+        return predict_windows(self.session, windows)
 
 
 def load_scorer(path: Path) -> Scorer:

@@ -43,7 +43,6 @@ SILENCE_RETRIES = 4
 CHUNK = 64  # windows per worker task
 
 
-
 class WindowTask(NamedTuple):
     """One window to make; ``seed`` seeds its silence redraws and augmentation."""
 

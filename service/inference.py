@@ -180,9 +180,14 @@ class Classifier:
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """Class probabilities of MFCC windows: (batch, frames, N_MFCC) -> (batch, n_labels) float32."""
-        windows = np.asarray(windows, dtype=np.float32)
-        if windows.ndim != 3 or windows.shape[2] != N_MFCC or windows.shape[1] == 0:
-            raise ValueError(f"expected MFCC windows of shape (batch, frames>0, {N_MFCC}), got {windows.shape}")
-        channels_first = np.ascontiguousarray(windows.transpose(0, 2, 1))
-        (probs,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: channels_first})
-        return probs
+        return predict_windows(self._session, windows)
+
+
+def predict_windows(session: ort.InferenceSession, windows: np.ndarray) -> np.ndarray:
+    """Run a session from ``open_session`` on MFCC windows (batch, frames, N_MFCC); probabilities out."""
+    windows = np.asarray(windows, dtype=np.float32)
+    if windows.ndim != 3 or windows.shape[2] != N_MFCC or windows.shape[1] == 0:
+        raise ValueError(f"expected MFCC windows of shape (batch, frames>0, {N_MFCC}), got {windows.shape}")
+    channels_first = np.ascontiguousarray(windows.transpose(0, 2, 1))
+    (probs,) = session.run([OUTPUT_NAME], {INPUT_NAME: channels_first})
+    return probs
