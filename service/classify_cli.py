@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from service.audio import AudioError
 from service.cli import CommandError
-from service.stream import StreamConfig
+from service.stream import OPTION_FIELDS, StreamConfig
 
 if TYPE_CHECKING:
     from service.stream import FileResult
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 LONG_INPUT_S = 60.0  # show a progress bar (on stderr, if it is a terminal) for longer files
 CSV_COLUMNS = ["file", "labels", "start", "stop", "confidence"]
 _DEFAULTS = StreamConfig()
-OPTIONS = {"window_s": "--window", "hop_s": "--hop", "silence_threshold_db": "--silence-threshold",
-           "min_segment_s": "--min-segment", "min_pause_s": "--min-pause"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,13 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
 def stream_config(args: argparse.Namespace) -> StreamConfig:
     try:
-        return StreamConfig(
-            window_s=args.window, hop_s=args.hop, silence_threshold_db=args.silence_threshold,
-            min_segment_s=args.min_segment, min_pause_s=args.min_pause,
-        )
-    except ValueError as error:  # its message starts with the field's name: say the option's
-        field, rest = str(error).split(" ", 1)
-        raise CommandError(f"{OPTIONS.get(field, field)} {rest}") from None
+        return StreamConfig.from_options(**{name: getattr(args, name) for name in OPTION_FIELDS})
+    except ValueError as error:  # its message starts with the option's name: say it as typed
+        name, rest = str(error).split(" ", 1)
+        raise CommandError(f"--{name.replace('_', '-')} {rest}") from None
 
 
 def output_paths(args: argparse.Namespace) -> dict[str, Path] | None:

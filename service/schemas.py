@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.stream import StreamConfig
+from service.stream import OPTION_FIELDS, StreamConfig
 
 
 class Segment(BaseModel):
@@ -62,12 +62,5 @@ class StreamOptions(BaseModel):
     silence_threshold: float | None = Field(None, description="Energy gate in dBFS below which audio is silence.")
 
     def to_config(self) -> StreamConfig:
-        """The engine configuration; raises ValueError with the engine's reason for invalid values."""
-        given = {
-            "window_s": self.window,
-            "hop_s": self.hop,
-            "min_segment_s": self.min_segment,
-            "min_pause_s": self.min_pause,
-            "silence_threshold_db": self.silence_threshold,
-        }
-        return StreamConfig(**{name: value for name, value in given.items() if value is not None})
+        """The engine configuration; raises ValueError naming the parameter for invalid values."""
+        return StreamConfig.from_options(**{name: getattr(self, name) for name in OPTION_FIELDS})

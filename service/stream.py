@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # onnxruntime is imported only where a model is loaded
     from service.inference import Classifier
 
 __all__ = [
-    "AudioStream", "Event", "FileResult", "LabelEvent", "SegmentEvent", "StreamConfig",
+    "OPTION_FIELDS", "AudioStream", "Event", "FileResult", "LabelEvent", "SegmentEvent", "StreamConfig",
     "classify_audio", "classify_file",
 ]
 
@@ -57,6 +57,9 @@ MIN_WINDOW_S, MAX_WINDOW_S = WARMUP_S, 10.0
 MIN_HOP_S, MAX_HOP_S = HOP_LENGTH / SAMPLE_RATE, WARMUP_S
 MAX_BLOCK_SAMPLES = 10 * SAMPLE_RATE  # long pushes are processed in blocks: bounded memory, batched scoring
 _TICK_S = HOP_LENGTH / SAMPLE_RATE  # one MFCC hop, the engine's time grid
+# The knobs users set, by their user-facing names: HTTP query parameters, and CLI options after "--".
+OPTION_FIELDS = {"window": "window_s", "hop": "hop_s", "silence_threshold": "silence_threshold_db",
+                 "min_segment": "min_segment_s", "min_pause": "min_pause_s"}
 
 
 def _ticks(seconds: float, name: str) -> int:
@@ -98,6 +101,22 @@ class StreamConfig:
             raise ValueError(f"median_hops must be odd, so that the median is one of the hops, got {self.median_hops}")
         _ticks(self.window_s, "window_s")
         _ticks(self.hop_s, "hop_s")
+
+    @classmethod
+    def from_options(cls, **options: float | None) -> StreamConfig:
+        """A config from the user-facing knobs of OPTION_FIELDS; None keeps the default.
+
+        Invalid values raise ValueError with a message that starts with the option's name.
+        """
+        unknown = set(options) - set(OPTION_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown stream options: {sorted(unknown)}")
+        try:
+            return cls(**{OPTION_FIELDS[name]: value for name, value in options.items() if value is not None})
+        except ValueError as error:  # its message starts with the field's name
+            field, rest = str(error).split(" ", 1)
+            names = {f: name for name, f in OPTION_FIELDS.items()}
+            raise ValueError(f"{names.get(field, field)} {rest}") from None
 
     def _check_range(self, name: str, low: float, high: float, integer: bool = False) -> None:
         value = getattr(self, name)

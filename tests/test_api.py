@@ -108,12 +108,19 @@ def test_rest_query_knobs_change_the_analysis(server):
     assert len(merged["segments"]) < len(default["segments"])
 
 
-@pytest.mark.parametrize("query", ["window=0", "hop=-1", "window=abc", "hop=0.015", "window=1000"])
-def test_rest_bad_query_values(server, query):
+@pytest.mark.parametrize("query", ["window=0", "hop=-1", "hop=0.015", "window=1000", "min_pause=61"])
+def test_rest_bad_query_values_name_the_parameter(server, query):
     data = encode(scene(), SAMPLE_RATE, "WAV", "PCM_16")
     response = httpx.post(f"{server.http}/v1/classify?{query}", content=data, timeout=30)
     assert response.status_code == 422
-    assert response.json()["detail"]
+    assert response.json()["detail"].startswith(query.split("=")[0] + " must be")
+
+
+def test_rest_query_values_of_the_wrong_type(server):
+    data = encode(scene(), SAMPLE_RATE, "WAV", "PCM_16")
+    response = httpx.post(f"{server.http}/v1/classify?window=abc", content=data, timeout=30)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "window"]
 
 
 @pytest.mark.parametrize("body,status,message", [
