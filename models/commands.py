@@ -20,7 +20,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dilations", type=_dilations, help="the five stack dilations, e.g. 1,3,6,12,24 "
                         "(default: the paper's strides as dilations, 3,2,2,2,2)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help="epochs; cosine cycles end at 10, 30, 70, 150 (default: %(default)s)")
+                        help="epochs; cosine cycles end at 10, 30, 70, 150, 310 (default: %(default)s)")
     parser.add_argument("--max-minutes", type=float,
                         help="wall-clock budget for the whole command, data preparation included")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for sampling, augmentation, crops and weights")
