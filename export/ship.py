@@ -33,16 +33,14 @@ def accuracy_gate(mode: str, float_accuracy: float, int8_accuracy: float) -> dic
     return {"mode": mode, "float_accuracy": float_accuracy, "int8_accuracy": int8_accuracy, "drop_points": drop}
 
 
-def _quantised(float_path: Path, mode: str, corpus: Path, data: SplitData, seed: int) -> tuple[Path, dict]:
-    """The int8 model and its ``quantization`` entry, after the accuracy gate."""
+def _quantised(float_path: Path, mode: str, corpus: Path, data: SplitData, seed: int) -> tuple[Path, dict, dict]:
+    """The int8 model, its ``quantization`` entry (after the accuracy gate) and its metrics."""
     calibration = calibration_windows(corpus, seed=seed) if mode == "static" else None
     int8_path = quantize(float_path, float_path.with_name("int8.onnx"), mode, calibration)
-    accuracy = [
-        round(mean_clean_accuracy({"clip_classification": clip_classification(
-            OnnxScorer(path), data.clips, data.prepared, seed)}), 2)
-        for path in (float_path, int8_path)
-    ]
-    return int8_path, accuracy_gate(mode, *accuracy)
+    float_accuracy = mean_clean_accuracy(
+        {"clip_classification": clip_classification(OnnxScorer(float_path), data.clips, data.prepared, seed)})
+    metrics = split_metrics(OnnxScorer(int8_path), data, seed)  # scored once: gate and card share it
+    return int8_path, accuracy_gate(mode, round(float_accuracy, 2), round(mean_clean_accuracy(metrics), 2)), metrics
 
 
 def ship(checkpoint: Path, out: Path, quantize_mode: str | None = None, corpus: Path | None = None,
@@ -59,13 +57,15 @@ def ship(checkpoint: Path, out: Path, quantize_mode: str | None = None, corpus: 
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         shipped = export_onnx(model, Path(tmp) / "float.onnx")
         parity = check_parity(model, shipped)
-        quantization = None
+        quantization = metrics = None
         if quantize_mode:
-            shipped, quantization = _quantised(shipped, quantize_mode, corpus, data, seed)
+            shipped, quantization, metrics = _quantised(shipped, quantize_mode, corpus, data, seed)
         os.replace(shipped, out)
     card = base_card(out.stem, model.config, parameter_count(model), saved.get("training"))
     card.update(onnx_facts(out), parity_max_abs_diff=parity, quantization=quantization)
-    card["metrics"] = split_metrics(OnnxScorer(out), data, seed) if data else {}
+    if metrics is None:
+        metrics = split_metrics(OnnxScorer(out), data, seed) if data else {}
+    card["metrics"] = metrics
     write_card(card, out.with_suffix(".json"))
     log.info("wrote %s and its card %s", out, out.with_suffix(".json"))
     return card

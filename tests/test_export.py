@@ -13,7 +13,7 @@ from export.parity import BATCH_SIZES, FRAME_COUNTS, PARITY_ATOL, max_difference
 from export.quantize import calibration_windows, quantize  # noqa: E402
 from export.ship import accuracy_gate, ship  # noqa: E402
 from models.card import CARD_KEYS, card_for_model, sha256_file  # noqa: E402
-from models.evaluate import OnnxScorer, TorchScorer, evaluate  # noqa: E402
+from models.evaluate import OnnxScorer, TorchScorer, evaluate, mean_clean_accuracy  # noqa: E402
 from models.swishnet import build  # noqa: E402
 from service.cli import CommandError  # noqa: E402
 from service.features import FEATURE_CONTRACT, mfcc  # noqa: E402
@@ -119,6 +119,19 @@ def test_int8_ships_only_within_half_a_point():
     assert accuracy_gate("static", 95.0, 94.6)["drop_points"] == 0.4
     with pytest.raises(CommandError, match="loses 0.6 points"):
         accuracy_gate("dynamic", 95.0, 94.4)
+
+
+def test_int8_ships_with_its_own_metrics(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr("export.ship.MAX_ACCURACY_DROP", 100.0)  # random weights: the gate is tested above
+    corpus = make_corpus(tmp_path / "corpus", {"train": 3, "val": 1, "test": 3})
+    out = tmp_path / "models" / "swishnet-int8.onnx"
+    card = ship(checkpoint[0], out, quantize_mode="dynamic", corpus=corpus, workers=0)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["onnx_sha256"] == sha256_file(out) and saved["quantization"]["mode"] == "dynamic"
+    # the card's metrics are the int8 model's, the ones the gate judged
+    assert saved["quantization"]["int8_accuracy"] == round(mean_clean_accuracy(card["metrics"]), 2)
+    onnx_model = onnx.load(str(out))
+    assert any(node.op_type in ("ConvInteger", "DynamicQuantizeLinear") for node in onnx_model.graph.node)
 
 
 def test_quantize_rejects_unknown_modes(shipped, tmp_path):
