@@ -8,14 +8,17 @@ from pathlib import Path
 
 
 def register_export(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="export a checkpoint to ONNX with its model card")
+    parser = subparsers.add_parser("export", help="export a checkpoint to ONNX with its model card "
+                                                  "(needs the train extra)")
     parser.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) from 'swishnet train'")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx to write, e.g. models/swishnet-slim.onnx")
     parser.add_argument("--quantize", choices=["dynamic", "static"],
                         help="ship int8 instead, if clean accuracy stays within 0.5 points (needs --corpus)")
     parser.add_argument("--corpus", type=Path, help="evaluate on this corpus and put the metrics in the card")
-    parser.add_argument("--split", choices=["train", "val", "test"], default="test")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=["train", "val", "test"], default="test",
+                        help="corpus split the card's metrics come from (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for window choice, segmentation sequences and calibration (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="processes featurising clips (0: in this process)")
     parser.set_defaults(handler=_export)
 

@@ -29,7 +29,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                         help="windows per class in each data variant (default: %(default)s)")
     parser.add_argument("--variants", type=int, default=d.variants,
                         help="augmented data variants, cycled over epochs (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="windows per optimiser step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate of each cosine cycle")
     parser.add_argument("--workers", type=int, default=d.workers, help="processes preparing data (0: in this process)")
     parser.add_argument("--threads", type=int, default=d.threads,
@@ -60,10 +61,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="evaluate a checkpoint or ONNX model and write its card")
+    parser = subparsers.add_parser("evaluate", help="evaluate a checkpoint or ONNX model and write its card "
+                                                    "(needs the train extra)")
     parser.add_argument("model", type=Path, help="a .pt checkpoint from 'swishnet train' or an exported .onnx")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus directory (default: %(default)s)")
-    parser.add_argument("--split", choices=["train", "val", "test"], default="test")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="test",
+                        help="corpus split to score (default: %(default)s, the held-out packages)")
     parser.add_argument("--card", type=Path, required=True, help="JSON model card to write (markdown beside it)")
     parser.add_argument("--seed", type=int, default=0, help="seed for window choice and segmentation sequences")
     parser.add_argument("--workers", type=int, default=2, help="processes featurising clips (0: in this process)")

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, AsyncIterator
+from typing import Annotated, AsyncIterator, BinaryIO
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from service import __version__
-from service.audio import AudioError, AudioTooLongError, load_audio
+from service.audio import AudioError, AudioTooLongError
 from service.config import Settings
 from service.inference import Classifier
 from service.limits import BodySizeLimit
 from service.live import live_input
 from service.live import router as live_router
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
-from service.schemas import ClassifyResponse, ErrorMessage, Health, StreamOptions
-from service.stream import classify_audio
+from service.schemas import ClassifyResponse, ErrorMessage, Health, StreamOptions, describe_errors
+from service.stream import classify_file
 from service.websocket import router as websocket_router
 
 log = logging.getLogger(__name__)
+
+SPOOL_MEMORY_BYTES = 1 << 20  # as Starlette spools multipart files: larger bodies go to a temporary file
 
 AUDIO_BODY_DOC = {
     "requestBody": {
@@ -84,15 +88,24 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     return app
 
 
-async def _read_upload(request: Request) -> tuple[bytes, str | None]:
-    """The audio bytes and filename from a raw body or a multipart `file` field."""
+@asynccontextmanager
+async def _upload(request: Request) -> AsyncIterator[tuple[BinaryIO, str | None]]:
+    """The audio of a raw body or of a multipart `file` field, spooled (to disk past SPOOL_MEMORY_BYTES),
+    and its filename."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(400, "multipart upload has no file field named 'file'")
-        return await upload.read(), upload.filename
-    return await request.body(), None
+        async with request.form() as form:  # closes the spooled files on exit
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, "multipart upload has no file field named 'file'")
+            yield upload.file, upload.filename
+        return
+    with tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES) as body:
+        async for chunk in request.stream():
+            body.write(chunk)
+        if body.tell() == 0:
+            raise HTTPException(400, "empty audio: the request body has no bytes")
+        body.seek(0)
+        yield body, None
 
 
 def _add_web_page(app: FastAPI) -> None:
@@ -109,6 +122,11 @@ def _add_web_page(app: FastAPI) -> None:
 def _add_http_routes(app: FastAPI) -> None:
     errors = {code: {"model": ErrorMessage} for code in (400, 413, 422)}
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        """422 with a one-line `detail`, the shape of every other error (ErrorMessage)."""
+        return JSONResponse({"detail": describe_errors(error.errors())}, status_code=422)
+
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=errors, openapi_extra=AUDIO_BODY_DOC,
               summary="Classify an audio file")
     async def classify(
@@ -123,15 +141,15 @@ def _add_http_routes(app: FastAPI) -> None:
             config = options.to_config()
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
-        data, filename = await _read_upload(request)
         started = time.perf_counter()
-        try:
-            audio = await run_in_threadpool(load_audio, data, max_duration_s=settings.max_upload_duration_s)
-            result = await run_in_threadpool(classify_audio, audio, classifier, config, file=filename)
-        except AudioTooLongError as error:
-            raise HTTPException(413, str(error)) from None
-        except AudioError as error:
-            raise HTTPException(400, str(error)) from None
+        async with _upload(request) as (audio, filename):
+            try:
+                result = await run_in_threadpool(classify_file, audio, classifier, config, file=filename,
+                                                 max_duration_s=settings.max_upload_duration_s)
+            except AudioTooLongError as error:
+                raise HTTPException(413, str(error)) from None
+            except AudioError as error:
+                raise HTTPException(400, str(error)) from None
         metrics.inference_seconds.labels("rest").observe(time.perf_counter() - started)
         metrics.audio_seconds.labels("rest").inc(result.duration_s)
         return ClassifyResponse(**result.to_dict())

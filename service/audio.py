@@ -18,6 +18,9 @@ AudioSource = Union[str, os.PathLike, bytes, BinaryIO]
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 64
+RESAMPLE_QUALITY = "HQ"
+DECODE_BLOCK_S = 10.0  # files decode in blocks of this much audio ...
+DECODE_BLOCK_VALUES = 1 << 20  # ... or of this many samples over all channels (4 MB), whichever is smaller
 READABLE_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus) and MP3, or anything else libsndfile reads"
 
 
@@ -69,7 +72,15 @@ def to_model_input(samples: np.ndarray, sample_rate: float) -> np.ndarray:
         raise AudioError("audio contains NaN or infinite samples")
     if sample_rate == SAMPLE_RATE:
         return np.ascontiguousarray(mono)
-    return soxr.resample(mono, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(mono, sample_rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+def resampler(sample_rate: int) -> soxr.ResampleStream | None:
+    """A streaming resampler from ``sample_rate`` to 16 kHz mono (it gives the samples of a whole-signal
+    resample); None at 16 kHz."""
+    if sample_rate == SAMPLE_RATE:
+        return None
+    return soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
 
 
 def _open(source: AudioSource) -> sf.SoundFile:
@@ -82,18 +93,23 @@ def _open(source: AudioSource) -> sf.SoundFile:
     try:
         return sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"cannot decode audio ({error}); readable formats: {READABLE_FORMATS}") from None
+        raise AudioError(f"cannot decode audio ({_reason(error)}); readable formats: {READABLE_FORMATS}") from None
+
+
+def _reason(error: Exception) -> str:
+    """libsndfile's own words, without the Python object it was given (which says nothing to a client)."""
+    return getattr(error, "error_string", None) or str(error)
 
 
 def _corrupt(error: Exception) -> AudioError:
-    return AudioError(f"cannot decode audio, the file looks truncated or corrupt ({error})")
+    return AudioError(f"cannot decode audio, the file looks truncated or corrupt ({_reason(error)})")
 
 
 @contextmanager
 def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> Iterator[sf.SoundFile]:
     """Open audio for reading in blocks, after checking its header.
 
-    Raises AudioError as load_audio does; read with ``read_blocks``.
+    Raises AudioError as load_audio does; read with ``decoded_blocks``.
     """
     with _open(source) as handle:
         sample_rate = check_sample_rate(handle.samplerate)
@@ -102,12 +118,29 @@ def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> I
         yield handle
 
 
-def read_blocks(handle: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
-    """Successive float32 (frames, channels) blocks of an open file; AudioError if it is corrupt."""
+def decoded_blocks(handle: sf.SoundFile, max_duration_s: float | None = None) -> Iterator[np.ndarray]:
+    """Successive float32 mono 16 kHz blocks of a file from ``open_audio``, decoded and resampled as a stream
+    (the samples of a whole-file resample), so memory holds one block whatever the file's rate and channels.
+
+    Raises AudioError for corrupt or empty data, NaN/inf samples, and audio
+    that runs past ``max_duration_s`` (headers of some formats do not tell).
+    """
+    to_16k, decoded = resampler(handle.samplerate), 0
+    block_frames = max(1, min(int(DECODE_BLOCK_S * handle.samplerate), DECODE_BLOCK_VALUES // handle.channels))
     try:
-        yield from handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+        for block in handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+            decoded += block.shape[0]
+            _check_duration(decoded, handle.samplerate, max_duration_s)
+            mono = to_mono(block)
+            if not np.all(np.isfinite(mono)):
+                raise AudioError("audio contains NaN or infinite samples")
+            yield mono if to_16k is None else to_16k.resample_chunk(mono)
     except (sf.LibsndfileError, RuntimeError) as error:
         raise _corrupt(error) from None
+    if decoded == 0:
+        raise AudioError("empty audio: the file decodes to zero samples")
+    if to_16k is not None:
+        yield to_16k.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def load_audio(source: AudioSource, *, max_duration_s: float | None = None) -> np.ndarray:
@@ -115,15 +148,10 @@ def load_audio(source: AudioSource, *, max_duration_s: float | None = None) -> n
 
     Raises AudioError for empty, corrupt or unsupported data, absurd sample
     rates or channel counts, NaN/inf samples, and audio longer than
-    ``max_duration_s`` (checked before decoding when the header tells).
+    ``max_duration_s`` (checked before decoding when the header tells, and
+    while decoding when it does not). Decoding goes block by block
+    (``decoded_blocks``): a small file that unpacks to hours of many-channel,
+    high-rate audio never sits in memory whole.
     """
     with open_audio(source, max_duration_s=max_duration_s) as handle:
-        sample_rate = handle.samplerate
-        try:
-            data = handle.read(dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as error:
-            raise _corrupt(error) from None
-    if data.shape[0] == 0:
-        raise AudioError("empty audio: the file decodes to zero samples")
-    _check_duration(data.shape[0], sample_rate, max_duration_s)
-    return to_model_input(data, sample_rate)
+        return np.concatenate(list(decoded_blocks(handle, max_duration_s)))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from service.audio import AudioError
-from service.cli import CommandError
+from service.cli import CommandError, positive_int
 from service.stream import OPTION_FIELDS, StreamConfig
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write one output file per input (NAME.json, NAME.csv or NAME.TextGrid) "
                              "instead of printing")
     add_analysis_options(parser)
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=1, metavar="N",
                         help="inference threads (default: %(default)s)")
     parser.set_defaults(handler=run)
 
@@ -109,7 +109,10 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path] | None:
     paths = {name: args.output_dir / (Path(name).stem + suffix) for name in args.files}
     if len(set(paths.values())) < len(paths):
         raise CommandError("several FILEs have the same name; their outputs in --output-dir would collide")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot create --output-dir {args.output_dir}: {error.strerror}") from None
     return paths
 
 

@@ -18,10 +18,22 @@ from typing import Callable, Sequence
 from service import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class CommandError(Exception):
     """A failure a user can fix; printed as one line, exit status 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts such as --threads: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register_version(subparsers: argparse._SubParsersAction) -> None:
@@ -37,16 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Run 'swishnet COMMAND --help' for the options of each command."
         ),
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much to log on stderr (default: %(default)s)",
-    )
+    _add_log_level(parser, "INFO")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for entry in sorted(entry_points(group="swishnet.commands"), key=lambda e: e.name):
         entry.load()(subparsers)
+    for command in subparsers.choices.values():  # also after the command: 'swishnet serve --log-level DEBUG'
+        _add_log_level(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS,
+                        help="how much to log on stderr (default: INFO)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

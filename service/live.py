@@ -8,7 +8,9 @@ up the capture or the other subscribers.
 
 Subscribers get the events of the one endless stream that began when the
 service started: times are seconds since then. When the device stops, they
-get an error message and close code 1011; when the service stops, 1001.
+get an error message and close code 1011. When the service stops, uvicorn
+closes every WebSocket with 1012 before the lifespan ends; 1001 is what a
+server that leaves them open until then would send.
 """
 
 from __future__ import annotations

@@ -10,25 +10,22 @@ resampling the whole signal at once.
 from __future__ import annotations
 
 import numpy as np
-import soxr
 
-from service.audio import AudioError, check_channels, check_sample_rate, to_mono
+from service.audio import AudioError, check_channels, resampler, to_mono
 from service.features import SAMPLE_RATE
 
 ENCODINGS: dict[str, np.dtype] = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
 MIN_STREAM_RATE = 8_000
 MAX_STREAM_RATE = 192_000
-RESAMPLE_QUALITY = "HQ"  # as service.audio.to_model_input, so streams and files agree
 _INT16_SCALE = 1.0 / 32768
 
 
 def check_stream_format(sample_rate: float, channels: int, encoding: str) -> int:
     """Validate a stream's format; return the sample rate as an int."""
-    sample_rate = check_sample_rate(sample_rate)
-    if not MIN_STREAM_RATE <= sample_rate <= MAX_STREAM_RATE:
-        raise AudioError(
-            f"unsupported stream sample rate {sample_rate} Hz: expected {MIN_STREAM_RATE} to {MAX_STREAM_RATE} Hz"
-        )
+    if not MIN_STREAM_RATE <= sample_rate <= MAX_STREAM_RATE or sample_rate != int(sample_rate):
+        raise AudioError(f"unsupported stream sample rate {sample_rate!r} Hz: expected an integer from "
+                         f"{MIN_STREAM_RATE} to {MAX_STREAM_RATE} Hz")
+    sample_rate = int(sample_rate)
     if not isinstance(channels, int) or isinstance(channels, bool):
         raise AudioError(f"channel count must be an integer, got {channels!r}")
     check_channels(channels)
@@ -84,11 +81,7 @@ class StreamInput:
         self.sample_rate = check_stream_format(sample_rate, channels, encoding)
         self.channels = channels
         self._decoder = PcmDecoder(encoding, channels)
-        self._resampler = None
-        if self.sample_rate != SAMPLE_RATE:
-            self._resampler = soxr.ResampleStream(
-                self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
-            )
+        self._resampler = resampler(self.sample_rate)  # as files resample, so streams and files agree
 
     def convert(self, chunk: np.ndarray | bytes | bytearray | memoryview) -> np.ndarray:
         """Bytes in the stream's encoding, or an array (samples,) / (samples, channels)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,7 +52,12 @@ class ErrorMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    """Analysis knobs shared by /v1/classify and /v1/stream (query parameters); unset means the engine default."""
+    """Analysis knobs shared by /v1/classify and /v1/stream (query parameters); unset means the engine default.
+
+    Unknown parameters are refused: a typo such as ``samplerate`` would otherwise pass silently, and
+    the audio would be read wrongly."""
+
+    model_config = ConfigDict(extra="forbid")
 
     window: float | None = Field(None, description="Analysis window in seconds (0.5 to 10; default 1).")
     hop: float | None = Field(None, description="Decision hop in seconds, a multiple of 0.01 (default 0.1).")
@@ -64,3 +69,11 @@ class StreamOptions(BaseModel):
     def to_config(self) -> StreamConfig:
         """The engine configuration; raises ValueError naming the parameter for invalid values."""
         return StreamConfig.from_options(**{name: getattr(self, name) for name in OPTION_FIELDS})
+
+
+def describe_errors(errors: Sequence[dict], default: str = "request") -> str:
+    """Pydantic validation errors as one line a user can act on: ``window: Input should be ...; hop: ...``."""
+    def where(error: dict) -> str:
+        return ".".join(str(part) for part in error["loc"] if part not in ("query", "body")) or default
+
+    return "; ".join(f"{where(error)}: {error['msg']}" for error in errors)

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", help=f"interface to listen on (default: {defaults['host'].default})")
     parser.add_argument("--port", type=int, help=f"TCP port (default: {defaults['port'].default})")
-    parser.add_argument("--model", help="ONNX model file to serve (default: the bundled SwishNet-slim)")
+    parser.add_argument("--model", help="ONNX model file to serve, its .json card beside it (default: the bundled "
+                                        "SwishNet-slim)")
     parser.add_argument("--workers", type=int, help="server processes (default: 1)")
     parser.add_argument("--mic", nargs="?", const="default", metavar="DEVICE",
                         help="also listen to this input device (index or part of its name; without DEVICE: the "
@@ -47,17 +48,20 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelError as error:
         raise CommandError(str(error)) from None
     _check_mic(settings.mic_device)
+    # uvicorn buffers a whole WebSocket message before the app sees it: cap that buffer near our own
+    # limit, leaving room for messages just over it to get the app's 1009 with an explanation.
     uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level="info")
+                workers=settings.workers, log_level=args.log_level.lower(), ws_max_size=2 * settings.max_message_bytes)
     return 0
 
 
 def _settings() -> Settings:
+    from service.schemas import describe_errors
+
     try:
         return Settings()
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
-        raise CommandError(f"invalid settings: {problems}") from None
+        raise CommandError(f"invalid settings: {describe_errors(error.errors(), 'settings')}") from None
 
 
 def _check_mic(device: str | None) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from service.audio import AudioError, load_audio, open_audio, read_blocks
+from service.audio import AudioError, AudioSource, decoded_blocks, open_audio
 from service.buffers import (
     BLOCKS_PER_FRAME,
     BLOCKS_PER_HOP,
@@ -41,7 +41,7 @@ from service.buffers import (
 )
 from service.events import SILENCE, Event, LabelEvent, Segmenter, SegmentEvent
 from service.features import HOP_LENGTH, N_MFCC, SAMPLE_RATE, StreamingMfcc, n_frames
-from service.pcm import MAX_STREAM_RATE, MIN_STREAM_RATE, StreamInput
+from service.pcm import StreamInput
 from service.smoothing import LabelSmoother
 
 if TYPE_CHECKING:  # onnxruntime is imported only where a model is loaded
@@ -370,16 +370,14 @@ def classify_audio(audio: np.ndarray, classifier: Classifier, config: StreamConf
     return _run(stream, blocks, audio.size / SAMPLE_RATE, file, progress)
 
 
-def classify_file(path: str | os.PathLike, classifier: Classifier, config: StreamConfig | None = None, *,
+def classify_file(source: AudioSource, classifier: Classifier, config: StreamConfig | None = None, *,
+                  file: str | None = None, max_duration_s: float | None = None,
                   progress: Progress | None = None) -> FileResult:
-    """Classify an audio file, decoded and resampled block by block (memory bounded by the block).
-
-    Rates a stream does not take (under 8 kHz or over 192 kHz) are decoded whole.
-    """
-    with open_audio(path) as handle:
-        if not MIN_STREAM_RATE <= handle.samplerate <= MAX_STREAM_RATE:
-            return classify_audio(load_audio(path), classifier, config, file=os.fspath(path), progress=progress)
-        stream = AudioStream(classifier, config, sample_rate=handle.samplerate, channels=handle.channels)
-        block_frames = MAX_BLOCK_SAMPLES * handle.samplerate // SAMPLE_RATE
+    """Classify an audio file (a path, bytes or a binary file object), decoded and resampled block by
+    block: memory is bounded by the block, not the file. ``file`` names it in the result (default: the
+    path). Raises AudioError as service.audio.load_audio does."""
+    if file is None and isinstance(source, (str, os.PathLike)):
+        file = os.fspath(source)
+    with open_audio(source, max_duration_s=max_duration_s) as handle:
         total_s = handle.frames / handle.samplerate
-        return _run(stream, read_blocks(handle, block_frames), total_s, os.fspath(path), progress)
+        return _run(AudioStream(classifier, config), decoded_blocks(handle, max_duration_s), total_s, file, progress)

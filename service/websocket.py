@@ -8,7 +8,8 @@ closes; send `{"type": "end"}` to flush the last segment, after which the
 server closes with 1000. Errors arrive as `{"type": "error", "message"}`
 followed by a close: 1003 unsupported data (text where audio or a known
 control message is expected), 1007 invalid audio, 1008 bad parameters or idle
-timeout, 1009 message too big, 1013 server at capacity.
+timeout, 1009 message too big, 1011 internal error, 1013 server at capacity.
+The close frame's reason repeats the message, cut to 123 bytes.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.audio import AudioError
 from service.pcm import ENCODINGS
-from service.schemas import StreamOptions
+from service.schemas import StreamOptions, describe_errors
 from service.stream import AudioStream
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 
 class StreamParams(StreamOptions):
@@ -75,8 +77,7 @@ def _parse_params(ws: WebSocket) -> tuple[StreamParams, AudioStream]:
         stream = AudioStream(ws.app.state.classifier, params.to_config(), sample_rate=params.sample_rate,
                              channels=params.channels, encoding=params.encoding)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise StreamClosed(1008, f"bad stream parameters: {problems}") from None
+        raise StreamClosed(1008, f"bad stream parameters: {describe_errors(error.errors())}") from None
     except (ValueError, AudioError) as error:
         raise StreamClosed(1008, f"bad stream parameters: {error}") from None
     return params, stream
@@ -146,10 +147,22 @@ async def stream_endpoint(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         outcome = "client_gone"
         log.info("client left mid-stream")
+    except Exception:  # a bug or a model failure: this stream ends, the server and the other streams go on
+        outcome = "error_1011"
+        log.exception("stream failed")
+        await close_stream(ws, StreamClosed(1011, "internal error: the server could not process this stream "
+                                                  "(details are in its log); please report it"))
     finally:
         state.streams_open -= 1
         state.metrics.streams_open.dec()
         state.metrics.streams_total.labels(outcome).inc()
+
+
+def close_reason(message: str | None) -> str | None:
+    """The message cut to what a close frame holds (123 bytes of UTF-8), for clients that read only the close."""
+    if not message:
+        return None
+    return message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
 
 
 async def close_stream(ws: WebSocket, closed: StreamClosed) -> None:
@@ -159,6 +172,6 @@ async def close_stream(ws: WebSocket, closed: StreamClosed) -> None:
     try:
         if closed.message:
             await ws.send_text(json.dumps({"type": "error", "message": closed.message}))
-        await ws.close(closed.code)
+        await ws.close(closed.code, close_reason(closed.message))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client left while we were saying goodbye

@@ -1,4 +1,5 @@
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -29,6 +30,27 @@ def test_formats_and_rates_decode_to_16k_mono(fmt, subtype, sample_rate):
     spectrum = np.abs(np.fft.rfft(audio[2000:14000]))
     peak_hz = np.argmax(spectrum) * SAMPLE_RATE / 12000
     assert abs(peak_hz - 440) < 5
+
+
+def test_files_decode_in_blocks_like_a_whole_file_resample(tmp_path):
+    """A small FLAC of long, many-channel, high-rate audio must not be decoded whole: that would let an
+    upload of a few hundred kilobytes take gigabytes of memory."""
+    rate, seconds, channels = 96_000, 30, 8
+    t = np.arange(rate * seconds) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    path = tmp_path / "wide.flac"
+    sf.write(path, np.repeat(tone[:, None], channels, axis=1), rate, subtype="PCM_16")
+    whole_decode_bytes = rate * seconds * channels * 4
+    tracemalloc.start()
+    try:
+        audio = load_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < whole_decode_bytes / 4, f"peak {peak / 1e6:.0f} MB for a {whole_decode_bytes / 1e6:.0f} MB decode"
+    # block by block gives the samples of one resample of the whole signal
+    expected = to_model_input(sf.read(path, dtype="float32")[0], rate)
+    np.testing.assert_array_equal(audio, expected)
 
 
 def test_path_and_bytes_give_the_same_audio(tmp_path):
