@@ -63,6 +63,10 @@ class Broadcaster:
             self.metrics.live_subscribers.set(len(self._subscribers))
         return queue
 
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
     def unsubscribe(self, queue: Subscription) -> None:
         self._subscribers.discard(queue)
         self.metrics.live_subscribers.set(len(self._subscribers))
@@ -129,6 +133,10 @@ async def live_endpoint(ws: WebSocket) -> None:
     broadcaster: Broadcaster | None = ws.app.state.live
     if broadcaster is None:
         await close_stream(ws, LIVE_OFF)
+        return
+    limit = ws.app.state.settings.max_streams
+    if broadcaster.subscribers >= limit:
+        await close_stream(ws, StreamClosed(1013, f"WS /v1/live is at capacity ({limit} subscribers); retry later"))
         return
     queue = broadcaster.subscribe()
     try:

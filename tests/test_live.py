@@ -144,6 +144,16 @@ def test_live_refusals(classifier, monkeypatch, mic_device, send, code, message)
     assert message in replies[-1]["message"]
 
 
+def test_subscribers_beyond_max_streams_are_refused_with_1013(classifier, monkeypatch):
+    with live_server(classifier, monkeypatch, max_streams=1) as live, subscribe(live) as first:
+        receive(first, 1)
+        with subscribe(live) as second, pytest.raises(ConnectionClosed):
+            reply = json.loads(second.recv(timeout=10))
+            second.recv(timeout=10)
+        assert second.close_code == 1013 and "at capacity (1 subscribers)" in reply["message"]
+        receive(first, 3)  # the first subscriber is not disturbed
+
+
 def test_broadcaster_drops_the_oldest_events_of_a_full_queue():
     async def scenario() -> tuple[list, list, Metrics]:
         metrics = Metrics()
