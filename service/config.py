@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference call.")
     max_upload_bytes: int = Field(100 * 2**20, ge=1, description="Largest accepted upload to /v1/classify.")
     max_upload_duration_s: float = Field(3 * 3600, gt=0, description="Longest accepted upload, in seconds of audio.")
-    max_streams: int = Field(256, ge=1, description="Concurrent WebSocket streams; more are refused (close 1013).")
+    max_streams: int = Field(256, ge=1, description="Concurrent /v1/stream streams, and separately /v1/live "
+                             "subscribers; more are refused (close 1013).")
     max_stream_speed: float = Field(
         50.0, gt=0, description="Fastest a stream may send, as a multiple of real time; faster senders are slowed down."
     )
