@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -9,8 +10,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, AsyncIterator, BinaryIO
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.classifier = classifier or Classifier(settings.model_path, intra_op_num_threads=settings.intra_op_threads)
+        app.state.rest_jobs = CapacityLimiter(settings.max_rest_jobs)  # streams keep anyio's default pool
         log.info("serving model %s", app.state.classifier.card.get("name", "?"))
         async with live_input(settings, app.state.classifier, app.state.metrics) as app.state.live:
             yield
@@ -144,8 +146,9 @@ def _add_http_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         async with _upload(request) as (audio, filename):
             try:
-                result = await run_in_threadpool(classify_file, audio, classifier, config, file=filename,
-                                                 max_duration_s=settings.max_upload_duration_s)
+                job = functools.partial(classify_file, audio, classifier, config, file=filename,
+                                        max_duration_s=settings.max_upload_duration_s)
+                result = await to_thread.run_sync(job, limiter=request.app.state.rest_jobs)
             except AudioTooLongError as error:
                 raise HTTPException(413, str(error)) from None
             except AudioError as error:

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference call.")
     max_upload_bytes: int = Field(100 * 2**20, ge=1, description="Largest accepted upload to /v1/classify.")
     max_upload_duration_s: float = Field(3 * 3600, gt=0, description="Longest accepted upload, in seconds of audio.")
+    max_rest_jobs: int = Field(2, ge=1, description="Uploads classified at once; more wait their turn, so uploads "
+                               "never take the threads streams need.")
     max_streams: int = Field(256, ge=1, description="Concurrent /v1/stream streams, and separately /v1/live "
                              "subscribers; more are refused (close 1013).")
     max_stream_speed: float = Field(

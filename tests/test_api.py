@@ -253,6 +253,42 @@ def test_capacity_limit_refuses_with_1013(classifier):
         assert "capacity" in expect_error(live.ws(), [], 1013)
 
 
+def test_uploads_beyond_max_rest_jobs_wait_their_turn_and_streams_go_on(classifier, monkeypatch):
+    import threading
+
+    from service import app as app_module
+
+    running, most, lock, release = [0], [0], threading.Lock(), threading.Event()
+    real = app_module.classify_file
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(10)  # hold the job until every upload has arrived
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(app_module, "classify_file", counted)
+    data = encode(scene(), SAMPLE_RATE, "WAV", "PCM_16")
+    app = create_app(Settings(**LIMITS, max_rest_jobs=2), classifier=classifier)
+    with LiveServer(app) as live:
+        with ThreadPoolExecutor(5) as pool:
+            uploads = [pool.submit(httpx.post, f"{live.http}/v1/classify", content=data, timeout=60) for _ in range(5)]
+            deadline = time.monotonic() + 30
+            while app.state.rest_jobs.statistics().tasks_waiting < 3:  # two run (held), three queue
+                assert time.monotonic() < deadline, "the uploads never queued"
+                time.sleep(0.01)
+            events, code = stream_file(live.ws(), (scene() * 32767).astype("<i2").tobytes(), [])
+            assert code == 1000 and events  # a stream is served while the uploads are held
+            release.set()
+            assert [u.result().status_code for u in uploads] == [200] * 5
+    assert most[0] == 2
+
+
 def test_a_failing_stream_closes_with_1011_and_the_server_goes_on(classifier, monkeypatch):
     app = create_app(Settings(**LIMITS), classifier=classifier)
     with LiveServer(app) as live:
