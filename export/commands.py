@@ -13,7 +13,8 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) from 'swishnet train'")
     parser.add_argument("--out", type=Path, required=True, help="the .onnx to write, e.g. models/swishnet-slim.onnx")
     parser.add_argument("--quantize", choices=["dynamic", "static"],
-                        help="ship int8 instead, if clean accuracy stays within 0.5 points (needs --corpus)")
+                        help="ship int8 instead, if its clean accuracy on the validation split stays within 0.5 "
+                             "points of float (needs --corpus)")
     parser.add_argument("--corpus", type=Path, help="evaluate on this corpus and put the metrics in the card")
     parser.add_argument("--split", choices=["train", "val", "test"], default="test",
                         help="corpus split the card's metrics come from (default: %(default)s)")
