@@ -28,6 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     musan.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
     musan.set_defaults(handler=_import_musan)
 
+    leaks = commands.add_parser("leaks", help="list val and test clips whose audio is also in a train clip",
+                                description="Games ship each other's assets, so a split by package can still put "
+                                "the same sound in train and test. Lists each val/test clip that matches a train "
+                                "clip (MFCC trajectories correlated at some lag), as CSV.")
+    leaks.add_argument("path", type=Path, help="corpus folder (holds manifest.csv)")
+    leaks.add_argument("--out", type=Path, help="CSV to write (default: standard output)")
+    leaks.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
+    leaks.set_defaults(handler=_leaks)
+
     stats = commands.add_parser("stats", help="print the report of a built corpus")
     stats.add_argument("path", type=Path, help="corpus folder (holds manifest.csv)")
     stats.set_defaults(handler=_stats)
@@ -52,6 +61,25 @@ def _import_musan(args: argparse.Namespace) -> int:
 
     import_musan(args.path, args.out, _jobs(args.jobs))
     print(f"corpus written to {args.out}; report: {args.out / 'CORPUS.md'}")
+    return 0
+
+
+def _leaks(args: argparse.Namespace) -> int:
+    import csv
+    import sys
+
+    from models.leaks import Leak, find_leaks
+
+    leaks = find_leaks(args.path, _jobs(args.jobs))
+    handle = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.DictWriter(handle, fieldnames=list(Leak.COLUMNS))
+        writer.writeheader()
+        writer.writerows(leak.to_row() for leak in leaks)
+    finally:
+        if args.out:
+            handle.close()
+    print(f"{len(leaks)} val/test clips share audio with train clips", file=sys.stderr)
     return 0
 
 
