@@ -64,12 +64,17 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float32)
 
 
+def check_finite(samples: np.ndarray) -> np.ndarray:
+    """``samples``, or AudioError if any is NaN or infinite (they would poison the features)."""
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("audio contains NaN or infinite samples")
+    return samples
+
+
 def to_model_input(samples: np.ndarray, sample_rate: float) -> np.ndarray:
     """Convert decoded audio of any rate and channel count to float32 mono 16 kHz."""
     sample_rate = check_sample_rate(sample_rate)
-    mono = to_mono(samples)
-    if not np.all(np.isfinite(mono)):
-        raise AudioError("audio contains NaN or infinite samples")
+    mono = check_finite(to_mono(samples))
     if sample_rate == SAMPLE_RATE:
         return np.ascontiguousarray(mono)
     return soxr.resample(mono, sample_rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
@@ -88,12 +93,23 @@ def _open(source: AudioSource) -> sf.SoundFile:
         if len(source) == 0:
             raise AudioError("empty audio: the file or request body has no bytes")
         source = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
-        raise AudioError(f"no such audio file: {os.fspath(source)}")
+    elif isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise AudioError(f"no such audio file: {os.fspath(source)}")
+    elif _at_end(source):
+        raise AudioError("empty audio: the file or request body has no bytes")
     try:
         return sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"cannot decode audio ({_reason(error)}); readable formats: {READABLE_FORMATS}") from None
+
+
+def _at_end(handle: BinaryIO) -> bool:
+    """Whether a binary file object has nothing left to read (its position is kept)."""
+    position = handle.tell()
+    empty = not handle.read(1)
+    handle.seek(position)
+    return empty
 
 
 def _reason(error: Exception) -> str:
@@ -131,9 +147,7 @@ def decoded_blocks(handle: sf.SoundFile, max_duration_s: float | None = None) ->
         for block in handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
             decoded += block.shape[0]
             _check_duration(decoded, handle.samplerate, max_duration_s)
-            mono = to_mono(block)
-            if not np.all(np.isfinite(mono)):
-                raise AudioError("audio contains NaN or infinite samples")
+            mono = check_finite(to_mono(block))
             yield mono if to_16k is None else to_16k.resample_chunk(mono)
     except (sf.LibsndfileError, RuntimeError) as error:
         raise _corrupt(error) from None

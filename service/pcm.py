@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.audio import AudioError, check_channels, resampler, to_mono
+from service.audio import AudioError, check_channels, check_finite, resampler, to_mono
 from service.features import SAMPLE_RATE
 
 ENCODINGS: dict[str, np.dtype] = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
@@ -68,10 +68,7 @@ def to_float(samples: np.ndarray) -> np.ndarray:
         return samples.astype(np.float32) * np.float32(_INT16_SCALE)
     if samples.dtype.kind != "f":
         raise AudioError(f"unsupported sample type {samples.dtype}: expected float or int16 samples")
-    samples = samples.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(samples)):
-        raise AudioError("audio contains NaN or infinite samples")
-    return samples
+    return check_finite(samples.astype(np.float32, copy=False))
 
 
 class StreamInput:

@@ -76,6 +76,8 @@ def test_stereo_is_averaged():
 def test_bad_bytes_raise_clear_errors(data, message):
     with pytest.raises(AudioError, match=message):
         load_audio(data)
+    with pytest.raises(AudioError, match=message):  # the same bytes as a file object (a spooled upload)
+        load_audio(io.BytesIO(data))
 
 
 def test_zero_length_file_is_empty_error():
