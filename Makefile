@@ -25,9 +25,9 @@ $(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# The test environment has every extra: training (torch, librosa), mic, dev tools and the benchmarks.
+# The test environment has every extra: training (torch, librosa), mic, dev tools, the benchmarks and Ray (batch).
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python system-deps
-	$(BIN)/python -m pip install -q -e '.[train,mic,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[train,mic,dev,bench,batch]'
 	touch $@ $(VENV)/.runtime-installed
 
 # Debian packages the tests need: PortAudio for the microphone extra (sounddevice), Chromium for the
