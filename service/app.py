@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from service import __version__
 from service.audio import AudioError, AudioTooLongError
+from service.batching import BatchScheduler
 from service.config import Settings
 from service.inference import Classifier
 from service.limits import BodySizeLimit
@@ -68,7 +69,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         app.state.classifier = classifier or Classifier(settings.model_path, intra_op_num_threads=settings.intra_op_threads)
         app.state.rest_jobs = CapacityLimiter(settings.max_rest_jobs)  # streams keep anyio's default pool
         log.info("serving model %s", app.state.classifier.card.get("name", "?"))
-        async with live_input(settings, app.state.classifier, app.state.metrics) as app.state.live:
+        async with (BatchScheduler(app.state.classifier, settings.max_batch_frames) as app.state.scheduler,
+                    live_input(settings, app.state.classifier, app.state.metrics) as app.state.live):
             yield
 
     app = FastAPI(

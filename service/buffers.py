@@ -22,32 +22,62 @@ BLOCKS_PER_FRAME = WIN_LENGTH // ENERGY_BLOCK
 class History:
     """The newest rows of an ever-growing sequence, indexed by absolute row number.
 
-    Keeps ``keep`` old rows plus the rows of the latest block, so memory is
-    bounded by the window, not by the stream's length.
+    Keeps at least the last ``keep`` rows plus the rows of the latest
+    ``extend``; memory is bounded by the window, not by the stream's length.
+    Rows are appended in place and the buffer is compacted only when full, so
+    the cost per row does not grow with ``keep``.
     """
 
-    def __init__(self, keep: int, row_shape: tuple[int, ...] = ()) -> None:
+    def __init__(self, keep: int, row_shape: tuple[int, ...] = (), dtype: type = np.float32) -> None:
         self.keep = keep
-        self._empty = np.zeros((0, *row_shape), dtype=np.float32)
+        self._row_shape, self._dtype = row_shape, dtype
         self.reset()
 
     def extend(self, rows: np.ndarray) -> None:
-        if len(rows):
-            self._rows = np.concatenate([self._rows[-self.keep :], rows])
-            self.total += len(rows)
+        n = len(rows)
+        if not n:
+            return
+        if self._end + n > len(self._buffer):
+            kept = min(self.keep, self._end - self._start)
+            capacity = max(len(self._buffer), 2 * (self.keep + n))
+            buffer = self._buffer if capacity == len(self._buffer) else np.empty(
+                (capacity, *self._row_shape), dtype=self._dtype)
+            buffer[:kept] = self._buffer[self._end - kept : self._end]
+            self._buffer, self._start, self._end = buffer, 0, kept
+        self._buffer[self._end : self._end + n] = rows
+        self._end += n
+        self.total += n
+
+    @property
+    def first(self) -> int:
+        """Absolute number of the oldest row still buffered."""
+        return self.total - (self._end - self._start)
 
     def slice(self, start: int, stop: int) -> np.ndarray:
-        first = self.total - len(self._rows)
-        if start < first or stop > self.total:
-            raise IndexError(f"rows {start}:{stop} are not buffered (have {first}:{self.total})")
-        return self._rows[start - first : stop - first]
+        """Rows ``start`` to ``stop`` (absolute numbers), a view."""
+        if start < self.first or stop > self.total or start > stop:
+            raise IndexError(f"rows {start}:{stop} are not buffered (have {self.first}:{self.total})")
+        offset = self._start - self.first
+        return self._buffer[start + offset : stop + offset]
+
+    def at(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at absolute numbers ``indices`` (any shape)."""
+        if indices.size and (indices.min() < self.first or indices.max() >= self.total):
+            raise IndexError(f"rows {indices.min()}..{indices.max()} are not all buffered "
+                             f"(have {self.first}:{self.total})")
+        return self._buffer[indices + (self._start - self.first)]
+
+    def last(self, count: int) -> np.ndarray:
+        """The newest ``count`` rows (fewer if fewer were ever added), a view."""
+        return self._buffer[max(self._start, self._end - count) : self._end]
 
     @property
     def buffered(self) -> int:
-        return len(self._rows)
+        return self._end - self._start
 
     def reset(self) -> None:
-        self._rows = self._empty
+        self._buffer = np.empty((0, *self._row_shape), dtype=self._dtype)
+        self._start = self._end = 0
         self.total = 0
 
 
@@ -70,16 +100,3 @@ class BlockEnergy:
 
     def reset(self) -> None:
         self._pending = np.zeros(0, dtype=np.float32)
-
-
-def frame_neighbourhood_energies(block_energies: np.ndarray, n_frames: int, span_blocks: int) -> np.ndarray:
-    """Mean square of the ``span_blocks`` blocks centred on each of ``n_frames`` frames.
-
-    ``block_energies`` start at the first frame's first sample; a span that
-    reaches past them is clipped, so each frame is judged by the audio given.
-    """
-    centres = np.arange(n_frames) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME // 2
-    start = np.clip(centres - span_blocks // 2, 0, len(block_energies) - 1)
-    stop = np.minimum(start + span_blocks, len(block_energies))
-    cumulative = np.concatenate([[0.0], np.cumsum(block_energies, dtype=np.float64)])
-    return (cumulative[stop] - cumulative[start]) / (stop - start)

@@ -1,9 +1,19 @@
 """ONNX inference: the stateless classifier that every stream shares.
 
 A model is an ONNX file with its JSON model card beside it (same name, ``.json``).
-The card must carry the feature contract this runtime computes, the labels and
-the file's sha256; all three are checked at load time, so a model trained on
-other features, or a card that belongs to another export, is refused.
+The card must carry the feature contract this runtime computes, the labels,
+the network's receptive field and the file's sha256; all are checked at load
+time, so a model trained on other features, or a card that belongs to another
+export, is refused.
+
+The ONNX contract (written by ``export/``, also in each card): input ``mfcc``,
+float32 (batch, N_MFCC, frames) of raw service.features MFCCs; output
+``frame_logits``, float32 (batch, frames, classes), the causal class logits of
+every frame in the card's label order. Frame ``t``'s logits depend on input
+frames ``t - receptive_field_frames + 1 .. t`` only, so a stream scores its
+new frames with that many frames of left context, each frame once. A window's
+probabilities are the softmax of the mean of its frames' logits
+(``pooled_probs``): what the network's time pooling computed in training.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from service.events import SILENCE
 from service.features import FEATURE_CONTRACT, FRAMES_PER_SECOND, N_MFCC
+from service.stream import softmax
 
 DEFAULT_MODEL = "swishnet-slim.onnx"
 INPUT_NAME = "mfcc"
-OUTPUT_NAME = "probs"
-REQUIRED_CARD_KEYS = ("labels", "features", "onnx_sha256")
+OUTPUT_NAME = "frame_logits"
+REQUIRED_CARD_KEYS = ("labels", "features", "receptive_field_frames", "onnx_sha256")
+MAX_RECEPTIVE_FIELD_FRAMES = 10 * FRAMES_PER_SECOND  # a sanity bound: SwishNet-slim sees 38 frames
 
 _LOAD_ERRORS = (
     ort_errors.InvalidProtobuf,
@@ -71,7 +83,14 @@ def load_card(model_path: Path) -> dict:
         raise ModelError(f"model card {path} lacks required keys: {', '.join(missing)}")
     check_labels(card["labels"], path)
     check_features(card["features"], path)
+    check_receptive_field(card["receptive_field_frames"], path)
     return card
+
+
+def check_receptive_field(frames: object, path: Path) -> None:
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_RECEPTIVE_FIELD_FRAMES:
+        raise ModelError(f"model card {path}: 'receptive_field_frames' must be an integer from 1 to "
+                         f"{MAX_RECEPTIVE_FIELD_FRAMES} (input frames one output frame sees), got {frames!r}")
 
 
 def check_labels(labels: object, path: Path) -> None:
@@ -138,21 +157,27 @@ def open_session(model_path: Path, model_bytes: bytes, intra_op_num_threads: int
     inputs = {node.name: node for node in session.get_inputs()}
     outputs = {node.name for node in session.get_outputs()}
     if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        hint = (f"; a model exported before frame logits (output 'probs') can be converted with "
+                f"'python -m export.frame_logits {model_path}'" if "probs" in outputs else "")
         raise ModelError(
             f"model {model_path} must have an input {INPUT_NAME!r} and an output {OUTPUT_NAME!r}; "
-            f"it has inputs {sorted(inputs)} and outputs {sorted(outputs)}"
+            f"it has inputs {sorted(inputs)} and outputs {sorted(outputs)}{hint}"
         )
     shape = inputs[INPUT_NAME].shape
     if len(shape) != 3 or (isinstance(shape[1], int) and shape[1] != N_MFCC):
         raise ModelError(f"model {model_path}: input {INPUT_NAME!r} must be (batch, {N_MFCC}, frames), got {shape}")
+    output_shape = next(node.shape for node in session.get_outputs() if node.name == OUTPUT_NAME)
+    if len(output_shape) != 3:
+        raise ModelError(f"model {model_path}: output {OUTPUT_NAME!r} must be (batch, frames, classes), got "
+                         f"{output_shape}")
     return session
 
 
 class Classifier:
     """A SwishNet ONNX model with its card: stateless and thread-safe.
 
-    ``predict`` may be called from many threads at once; one instance serves
-    every stream of a process.
+    ``frame_logits`` may be called from many threads at once; one instance
+    serves every stream of a process (through service.batching in the server).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, intra_op_num_threads: int = 1) -> None:
@@ -161,6 +186,7 @@ class Classifier:
             raise ModelError(f"no such model file: {self.path}")
         self.card: dict = load_card(self.path)
         self.labels: tuple[str, ...] = tuple(self.card["labels"])
+        self.receptive_field_frames: int = self.card["receptive_field_frames"]
         model_bytes = self.path.read_bytes()
         check_sha256(self.path, model_bytes, self.card["onnx_sha256"])
         self._session = open_session(self.path, model_bytes, intra_op_num_threads)
@@ -171,23 +197,37 @@ class Classifier:
         return str(self.card.get("name", self.path.stem))
 
     def _check_output_width(self) -> None:
-        probs = self.predict(np.zeros((1, FRAMES_PER_SECOND, N_MFCC), dtype=np.float32))
-        if probs.shape != (1, len(self.labels)):
+        logits = self.frame_logits(np.zeros((1, FRAMES_PER_SECOND, N_MFCC), dtype=np.float32))
+        if logits.shape != (1, FRAMES_PER_SECOND, len(self.labels)):
             raise ModelError(
-                f"model {self.path} outputs {probs.shape[1:]} scores per window but its card lists "
-                f"{len(self.labels)} labels {list(self.labels)}"
+                f"model {self.path} outputs {logits.shape[1:]} logits for {FRAMES_PER_SECOND} frames but its card "
+                f"lists {len(self.labels)} labels {list(self.labels)}"
             )
 
+    def frame_logits(self, frames: np.ndarray) -> np.ndarray:
+        """Causal logits of every frame: (batch, frames, N_MFCC) -> (batch, frames, n_labels) float32."""
+        return session_frame_logits(self._session, frames)
+
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        """Class probabilities of MFCC windows: (batch, frames, N_MFCC) -> (batch, n_labels) float32."""
-        return predict_windows(self._session, windows)
+        """Probabilities of whole MFCC windows, each scored without left context: (batch, n_labels)."""
+        return pooled_probs(self.frame_logits(windows))
+
+
+def session_frame_logits(session: ort.InferenceSession, frames: np.ndarray) -> np.ndarray:
+    """Run a session from ``open_session`` on MFCC frames (batch, frames, N_MFCC); frame logits out."""
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 3 or frames.shape[2] != N_MFCC or frames.shape[1] == 0:
+        raise ValueError(f"expected MFCC windows of shape (batch, frames>0, {N_MFCC}), got {frames.shape}")
+    channels_first = np.ascontiguousarray(frames.transpose(0, 2, 1))
+    (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: channels_first})
+    return logits
 
 
 def predict_windows(session: ort.InferenceSession, windows: np.ndarray) -> np.ndarray:
-    """Run a session from ``open_session`` on MFCC windows (batch, frames, N_MFCC); probabilities out."""
-    windows = np.asarray(windows, dtype=np.float32)
-    if windows.ndim != 3 or windows.shape[2] != N_MFCC or windows.shape[1] == 0:
-        raise ValueError(f"expected MFCC windows of shape (batch, frames>0, {N_MFCC}), got {windows.shape}")
-    channels_first = np.ascontiguousarray(windows.transpose(0, 2, 1))
-    (probs,) = session.run([OUTPUT_NAME], {INPUT_NAME: channels_first})
-    return probs
+    """Probabilities of MFCC windows (batch, frames, N_MFCC) scored by a session from ``open_session``."""
+    return pooled_probs(session_frame_logits(session, windows))
+
+
+def pooled_probs(frame_logits: np.ndarray) -> np.ndarray:
+    """What the network's time pooling computes: softmax of the mean frame logits, (batch, frames, C) -> (batch, C)."""
+    return softmax(frame_logits.mean(axis=1, dtype=np.float64))

@@ -1,8 +1,16 @@
 """The streaming engine: audio chunks in, label and segment events out.
 
-One ``AudioStream`` per connection or microphone; one ``Classifier`` shared
-by all of them. Offline classification (``classify_audio``, ``classify_file``)
-pushes the whole recording through the same ``AudioStream``.
+One ``AudioStream`` per connection or microphone; one classifier shared by
+all of them. Offline classification (``classify_audio``, ``classify_file``)
+pushes the whole recording through the same ``AudioStream``, block by block.
+
+Every MFCC frame goes through the network once. A stream keeps the last
+``receptive_field_frames - 1`` frames of MFCC history as left context, scores
+only its new frames with that context (``feed``, then a scorer, then
+``complete``: ``push`` runs the three in a row; the server batches the middle
+step across all its streams, see service.batching), and keeps the frame
+logits of the last window. The network is causal, so a frame's logits are
+the same whatever the chunking.
 
 Timing, in seconds from the start of the stream:
 
@@ -11,12 +19,17 @@ Timing, in seconds from the start of the stream:
   ``WARMUP_S`` (0.5 s) of audio has arrived; after that the window grows with
   the stream up to ``window_s``. The first label therefore comes 0.5 s after
   the start (rounded up to a whole hop).
+- A decision's probabilities are the softmax of the mean frame logits of the
+  window's non-silent frames. A frame is silent when the ``hop_s`` of audio
+  around it (clipped to the window) is below ``silence_threshold_db`` (dBFS);
+  the hop is silence, whatever the model says, when the window's middle frame
+  is silent. The work per hop does not grow with the window: the sums of
+  logits over frames whose silence test the window's edges cannot change are
+  kept as running prefix sums, and only the frames within half a hop of the
+  window's edges are tested at each decision.
 - A LabelEvent's ``time`` is the end of the audio seen at that decision.
 - A decision describes the middle of its window, about half a window before
-  ``time``. A frame is silent when the ``hop_s`` of audio around it is below
-  ``silence_threshold_db`` (dBFS); the model scores only the window's other
-  frames, and the hop is silence, whatever the model says, when the
-  window's middle frame is silent.
+  ``time``.
 - Smoothing confirms a change a fixed number of hops late; a segment boundary
   is dated back to half-way between the window middles of the last hop of the
   old label and the first of the new, so boundaries land near the true change.
@@ -26,40 +39,45 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from service.audio import AudioError, AudioSource, decoded_blocks, open_audio
-from service.buffers import (
-    BLOCKS_PER_FRAME,
-    BLOCKS_PER_HOP,
-    BlockEnergy,
-    History,
-    frame_neighbourhood_energies,
-)
+from service.batching import FrameRequest, score_requests
+from service.buffers import BLOCKS_PER_FRAME, BLOCKS_PER_HOP, BlockEnergy, History
 from service.events import SILENCE, Event, LabelEvent, Segmenter, SegmentEvent
-from service.features import HOP_LENGTH, N_MFCC, SAMPLE_RATE, StreamingMfcc, n_frames
+from service.features import HOP_LENGTH, N_MFCC, SAMPLE_RATE, WIN_LENGTH, StreamingMfcc, n_frames
 from service.pcm import StreamInput
 from service.smoothing import LabelSmoother
 
-if TYPE_CHECKING:  # onnxruntime is imported only where a model is loaded
-    from service.inference import Classifier
-
 __all__ = [
-    "OPTION_FIELDS", "AudioStream", "Event", "FileResult", "LabelEvent", "SegmentEvent", "StreamConfig",
-    "classify_audio", "classify_file",
+    "EVENT_MODES", "OPTION_FIELDS", "AudioStream", "Event", "FileResult", "FrameScorer", "LabelEvent",
+    "SegmentEvent", "StreamConfig", "classify_audio", "classify_file",
 ]
 
 WARMUP_S = 0.5  # the shortest window scored: the paper's shortest clip
 MIN_WINDOW_S, MAX_WINDOW_S = WARMUP_S, 10.0
 MIN_HOP_S, MAX_HOP_S = HOP_LENGTH / SAMPLE_RATE, WARMUP_S
-MAX_BLOCK_SAMPLES = 10 * SAMPLE_RATE  # long pushes are processed in blocks: bounded memory, batched scoring
+MAX_BLOCK_SAMPLES = 10 * SAMPLE_RATE  # long pushes are processed in blocks: bounded memory, one scoring call each
 _TICK_S = HOP_LENGTH / SAMPLE_RATE  # one MFCC hop, the engine's time grid
 # The knobs users set, by their user-facing names: HTTP query parameters, and CLI options after "--".
 OPTION_FIELDS = {"window": "window_s", "hop": "hop_s", "silence_threshold": "silence_threshold_db",
                  "min_segment": "min_segment_s", "min_pause": "min_pause_s"}
+# What a stream returns: a label event every hop, label events only when the smoothed label changes,
+# or segment events only. Segment events come in every mode.
+EVENT_MODES = ("labels", "changes", "segments")
+
+
+class FrameScorer(Protocol):
+    """What the engine scores with: service.inference.Classifier, or any causal frame-logit model."""
+
+    labels: tuple[str, ...]
+    receptive_field_frames: int
+
+    def frame_logits(self, frames: np.ndarray) -> np.ndarray:
+        """(batch, frames, N_MFCC) raw MFCCs -> (batch, frames, classes) causal logits."""
 
 
 def _ticks(seconds: float, name: str) -> int:
@@ -88,6 +106,9 @@ class StreamConfig:
     """Causal median filter length over per-hop scores (odd; 1 turns it off)."""
     switch_hops: int = 3
     """Hysteresis: a new label must win this many consecutive hops."""
+    events: str = "labels"
+    """What push returns besides segment events: "labels" (a label event every hop), "changes" (a label
+    event only when the smoothed label changes) or "segments" (no label events)."""
 
     def __post_init__(self) -> None:
         self._check_range("window_s", MIN_WINDOW_S, MAX_WINDOW_S)
@@ -99,6 +120,8 @@ class StreamConfig:
         self._check_range("switch_hops", 1, 50, integer=True)
         if self.median_hops % 2 == 0:
             raise ValueError(f"median_hops must be odd, so that the median is one of the hops, got {self.median_hops}")
+        if self.events not in EVENT_MODES:
+            raise ValueError(f"events must be one of {', '.join(EVENT_MODES)}, got {self.events!r}")
         _ticks(self.window_s, "window_s")
         _ticks(self.hop_s, "hop_s")
 
@@ -171,11 +194,48 @@ class Decision:
         """The middle of the window's middle frame: the time the decision describes."""
         return self.frame_range[0] + self.centre_frame + 1
 
-    @property
-    def frame_blocks(self) -> tuple[int, int]:
-        """Energy blocks under the window's frames."""
-        start, end = self.frame_range
-        return start * BLOCKS_PER_HOP, (end - 1) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME
+
+class SilenceRule:
+    """Which frames of a window are silent, with the rule of the module docstring, at a cost per decision
+    that does not grow with the window.
+
+    A frame's neighbourhood is the ``hop_s`` of energy blocks centred on it, shifted right to start at
+    the window's first block when it would start before it, and cut at the window's last block. Only
+    the first ``edge_low`` and last ``edge_high`` frames of a window can be affected by those two edges;
+    the frames between are tested once, on their own neighbourhood, when its blocks have arrived.
+    """
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.span = config.hop_ticks * BLOCKS_PER_HOP  # blocks in a neighbourhood
+        self.half = self.span // 2
+        self.power = 10 ** (config.silence_threshold_db / 10)
+        # frame i's neighbourhood starts at block i * BLOCKS_PER_HOP + BLOCKS_PER_FRAME // 2 - half
+        self.offset = BLOCKS_PER_FRAME // 2 - self.half
+        self.edge_low = max(0, -(self.offset // BLOCKS_PER_HOP))
+        self.edge_high = max(0, -((BLOCKS_PER_FRAME - self.offset - self.span) // BLOCKS_PER_HOP))
+
+    def interior_ready(self, blocks: int) -> int:
+        """How many frames' own neighbourhoods lie within the first ``blocks`` energy blocks."""
+        return max(0, (blocks - self.offset - self.span) // BLOCKS_PER_HOP + 1)
+
+    def interior_loud(self, frames: np.ndarray, cumulative: History) -> np.ndarray:
+        """The test of frames away from any window edge; frames whose neighbourhood starts before the
+        stream never are, and get False."""
+        start = frames * BLOCKS_PER_HOP + self.offset
+        inside = start >= 0
+        loud = np.zeros(frames.shape, dtype=bool)
+        start = start[inside]
+        loud[inside] = (cumulative.at(start + self.span) - cumulative.at(start)) / self.span >= self.power
+        return loud
+
+    def loud(self, frames: np.ndarray, first: np.ndarray, end: np.ndarray, cumulative: History) -> np.ndarray:
+        """The test of ``frames`` in windows of frames ``first`` to ``end`` (arrays that broadcast)."""
+        window_start = first * BLOCKS_PER_HOP
+        window_stop = (end - 1) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME
+        start = np.maximum(frames * BLOCKS_PER_HOP + self.offset, window_start)
+        stop = np.minimum(start + self.span, window_stop)
+        energy = (cumulative.at(stop) - cumulative.at(start)) / (stop - start)
+        return energy >= self.power
 
 
 class AudioStream:
@@ -184,30 +244,32 @@ class AudioStream:
     ``sample_rate``, ``channels`` and ``encoding`` describe what ``push`` gets:
     bytes in ``encoding`` ("pcm_s16le" or "pcm_f32le", interleaved), or an
     array of float or int16 samples, (n,) or (n, channels). Not thread-safe:
-    one per stream; the classifier may be shared.
+    one per stream; the scorer may be shared.
 
-    The model scores only the window's frames above the silence threshold, as
-    in training, where silence was removed. A hop is silence when the audio
-    in the middle of its window is below the threshold; its probabilities
-    are then reported as 0.
+    ``push`` = ``blocks`` of 16 kHz audio, each through ``feed`` (features, the
+    frames to score), a scorer, and ``complete`` (decisions, events). The server
+    runs the same three steps with the scoring batched across streams.
     """
 
-    def __init__(self, classifier: Classifier, config: StreamConfig | None = None, *,
+    def __init__(self, scorer: FrameScorer, config: StreamConfig | None = None, *,
                  sample_rate: float = SAMPLE_RATE, channels: int = 1, encoding: str = "pcm_f32le") -> None:
-        self.classifier = classifier
-        self.config = config or StreamConfig()
-        self.labels: tuple[str, ...] = (*classifier.labels, SILENCE)
+        self.scorer = scorer
+        self.config = config = config or StreamConfig()
+        self.labels: tuple[str, ...] = (*scorer.labels, SILENCE)
         self._input = StreamInput(sample_rate, channels, encoding)
         self._mfcc = StreamingMfcc()
         self._energy = BlockEnergy()
-        self._frames = History(self.config.window_frames, (N_MFCC,))
-        window_blocks = (self.config.window_ticks + self.config.hop_ticks) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME
-        self._block_energy = History(window_blocks)
-        self._smoother = LabelSmoother(self.config.median_hops, self.config.switch_hops)
-        self._segmenter = Segmenter(
-            self.labels, self._smoother.lag_hops, self.config.min_segment_s, self.config.min_pause_s
-        )
-        self._silence_power = 10 ** (self.config.silence_threshold_db / 10)
+        self._rule = SilenceRule(config)
+        n_classes, window = len(scorer.labels), config.window_frames
+        self._context = History(max(scorer.receptive_field_frames - 1, 0), (N_MFCC,))
+        self._logits = History(window + 1, (n_classes,))
+        self._loud_sums = History(window + 1, (n_classes,), np.float64)  # prefix sums over interior-loud frames
+        self._loud_counts = History(window + 1, (), np.int64)
+        self._energy_sums = History((config.window_ticks + 2 * config.hop_ticks) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME,
+                                    (), np.float64)  # prefix sums of block energies
+        self._smoother = LabelSmoother(config.median_hops, config.switch_hops)
+        self._segmenter = Segmenter(self.labels, self._smoother.lag_hops, config.min_segment_s, config.min_pause_s)
+        self.tally = HopTally(n_classes)
         self.reset()
 
     @property
@@ -217,76 +279,148 @@ class AudioStream:
 
     def push(self, chunk: np.ndarray | bytes | bytearray | memoryview) -> list[Event]:
         """Add audio; return the events it completes (possibly none)."""
-        samples = self._input.convert(chunk)
         events: list[Event] = []
-        for start in range(0, samples.size, MAX_BLOCK_SAMPLES):
-            events += self._process(samples[start : start + MAX_BLOCK_SAMPLES])
+        for block in self.blocks(chunk):
+            events += self.process(block)
         return events
 
     def flush(self) -> list[Event]:
         """End the stream: close the last segment at the end of the audio, then reset."""
-        events = self._process(self._input.finish())
-        events += self._segmenter.flush(self.time_s)
+        return self.process(self.finish_input()) + self.end()
+
+    def process(self, samples: np.ndarray) -> list[Event]:
+        """``feed`` 16 kHz samples, score their frames with this stream's scorer alone, ``complete``."""
+        return self.complete(score_requests(self.scorer, [self.feed(samples)])[0])
+
+    def blocks(self, chunk: np.ndarray | bytes | bytearray | memoryview) -> Iterator[np.ndarray]:
+        """The chunk as 16 kHz mono float32, in blocks of at most MAX_BLOCK_SAMPLES (AudioError if invalid)."""
+        samples = self._input.convert(chunk)
+        for start in range(0, samples.size, MAX_BLOCK_SAMPLES):
+            yield samples[start : start + MAX_BLOCK_SAMPLES]
+
+    def finish_input(self) -> np.ndarray:
+        """The last samples the input converter holds back (resampler tail), as 16 kHz audio."""
+        return self._input.finish()
+
+    def end(self) -> list[Event]:
+        """After the last ``complete``: the events that end the stream; then reset."""
+        events = self._segmenter.flush(self.time_s)
         self.reset()
-        return events
+        return list(events)
 
     def reset(self) -> None:
         """Forget everything, as for a new stream starting at time 0."""
-        for part in (self._input, self._mfcc, self._energy, self._frames, self._block_energy,
-                     self._smoother, self._segmenter):
+        for part in (self._input, self._mfcc, self._energy, self._context, self._logits, self._loud_sums,
+                     self._loud_counts, self._energy_sums, self._smoother, self._segmenter, self.tally):
             part.reset()
+        self._loud_sums.extend(np.zeros((1, len(self.scorer.labels))))
+        self._loud_counts.extend(np.zeros(1, dtype=np.int64))
+        self._energy_sums.extend(np.zeros(1))
         self._samples_seen = 0
         self._next_tick = self.config.first_decision_tick
 
-    def _process(self, samples: np.ndarray) -> list[Event]:
-        """Buffer 16 kHz samples, then make the decisions they complete."""
+    def feed(self, samples: np.ndarray) -> FrameRequest:
+        """Take 16 kHz samples: compute their MFCC frames (one vectorised call) and energies; return the
+        new frames with their left context, for a scorer."""
         self._samples_seen += samples.size
-        self._frames.extend(self._mfcc.push(samples))
-        self._block_energy.extend(self._energy.push(samples))
-        decisions = []
-        while self._next_tick * HOP_LENGTH <= self._samples_seen:
-            decisions.append(Decision.at(self._next_tick, self.config))
-            self._next_tick += self.config.hop_ticks
-        windows = [self._loud_window(decision) for decision in decisions]
+        frames = self._mfcc.push(samples)
+        energies = self._energy.push(samples)
+        if energies.size:
+            cumulative = np.cumsum(np.concatenate([self._energy_sums.last(1), energies.astype(np.float64)]))
+            self._energy_sums.extend(cumulative[1:])
+        context = self._context.last(self._context.keep) if self._context.keep else frames[:0]
+        request = FrameRequest(np.concatenate([context, frames]) if len(context) else frames, len(frames))
+        self._context.extend(frames)
+        return request
+
+    def complete(self, logits: np.ndarray) -> list[Event]:
+        """Take the logits of the frames the last ``feed`` returned; make the decisions they complete."""
+        self._logits.extend(logits)
+        self._extend_loud_sums()
+        ticks = np.arange(self._next_tick, self._samples_seen // HOP_LENGTH + 1, self.config.hop_ticks)
+        if not ticks.size:
+            return []
+        self._next_tick = int(ticks[-1]) + self.config.hop_ticks
+        probs, silent, centre_ticks = self._decisions(ticks)
+        return self._events(ticks, probs, silent, centre_ticks)
+
+    def _extend_loud_sums(self) -> None:
+        """Prefix sums of logits and counts over frames found loud away from window edges, as far as both
+        their logits and their neighbourhood's energy have arrived."""
+        done = self._loud_counts.total - 1
+        ready = min(self._logits.total, self._rule.interior_ready(self._energy_sums.total - 1))
+        if ready <= done:
+            return
+        frames = np.arange(done, ready)
+        loud = self._rule.interior_loud(frames, self._energy_sums)
+        logits = self._logits.slice(done, ready).astype(np.float64) * loud[:, None]
+        self._loud_sums.extend(np.cumsum(np.concatenate([self._loud_sums.last(1), logits]), axis=0)[1:])
+        self._loud_counts.extend(self._loud_counts.last(1)[0] + np.cumsum(loud))
+
+    def _decisions(self, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities (0 when silent), silence and the centre tick of the decisions at ``ticks``."""
+        rule, window = self._rule, self.config.window_frames
+        end = 1 + (ticks * HOP_LENGTH - WIN_LENGTH) // HOP_LENGTH  # n_frames: ticks start past the warm-up
+        first = end - np.minimum(window, end)
+        centre = first + (end - first) // 2
+        silent = ~rule.loud(centre, first, end, self._energy_sums)
+        # frames whose test the window's edges cannot change: running sums; the others: tested here
+        inner_start = np.minimum(first + rule.edge_low, end)
+        inner_end = np.maximum(end - rule.edge_high, inner_start)
+        sums = self._loud_sums.at(inner_end) - self._loud_sums.at(inner_start)
+        counts = self._loud_counts.at(inner_end) - self._loud_counts.at(inner_start)
+        edges = np.concatenate([first[:, None] + np.arange(rule.edge_low),
+                                inner_end[:, None] + np.arange(rule.edge_high)], axis=1)
+        valid = (edges < np.concatenate([np.repeat(inner_start[:, None], rule.edge_low, axis=1),
+                                         np.repeat(end[:, None], rule.edge_high, axis=1)], axis=1))
+        if edges.size:
+            safe = np.where(valid, edges, end[:, None] - 1)
+            loud = valid & rule.loud(safe, first[:, None], end[:, None], self._energy_sums)
+            sums = sums + np.einsum("kf,kfc->kc", loud, self._logits.at(safe).astype(np.float64))
+            counts = counts + loud.sum(axis=1)
+        probs = softmax(sums / np.maximum(counts, 1)[:, None])
+        probs[silent] = 0.0
+        return probs, silent, centre + 1
+
+    def _events(self, ticks: np.ndarray, probs: np.ndarray, silent: np.ndarray,
+                centre_ticks: np.ndarray) -> list[Event]:
+        """Smooth and segment each hop; the events of the stream's mode."""
+        mode, names, model_labels = self.config.events, self.labels, self.scorer.labels
+        self.tally.add(probs, silent)
+        scores = np.zeros((len(ticks), len(names)))
+        scores[:, :-1] = probs
+        scores[silent, -1] = 1.0
         events: list[Event] = []
-        for decision, window, probs in zip(decisions, windows, self._score(windows)):
-            events += self._decide(decision, probs, silent=window is None)
+        for k, tick in enumerate(ticks.tolist()):
+            changed = self._smoother.update(scores[k])
+            label = self._smoother.label
+            if mode == "labels" or (mode == "changes" and changed):
+                events.append(LabelEvent(tick * _TICK_S, names[label], dict(zip(model_labels, probs[k].tolist()))))
+            events += self._segmenter.add(int(centre_ticks[k]) * _TICK_S, scores[k], label, changed)
         return events
 
-    def _loud_window(self, decision: Decision) -> np.ndarray | None:
-        """The window's non-silent frames, or None when the hop is silence.
 
-        A frame is silent when the hop_s of audio around it is below the
-        threshold (a brief dip inside a sound is kept); the hop is silence
-        when the window's middle frame is.
-        """
-        start, end = decision.frame_range
-        energies = frame_neighbourhood_energies(
-            self._block_energy.slice(*decision.frame_blocks), end - start, self.config.hop_ticks * BLOCKS_PER_HOP
-        )
-        loud = energies >= self._silence_power
-        return self._frames.slice(start, end)[loud] if loud[decision.centre_frame] else None
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, float32."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
-    def _score(self, windows: list[np.ndarray | None]) -> np.ndarray:
-        """Model probabilities per window (0 for silence); windows of one length share a batch."""
-        probs = np.zeros((len(windows), len(self.classifier.labels)), dtype=np.float32)
-        for length in sorted({len(window) for window in windows if window is not None}):
-            rows = [i for i, window in enumerate(windows) if window is not None and len(window) == length]
-            probs[rows] = self.classifier.predict(np.stack([windows[i] for i in rows]))
-        return probs
 
-    def _decide(self, decision: Decision, probs: np.ndarray, silent: bool) -> list[Event]:
-        """Smooth and segment one hop."""
-        scores = np.zeros(len(self.labels))
-        if silent:
-            scores[-1] = 1.0
-        else:
-            scores[:-1] = probs
-        changed = self._smoother.update(scores)
-        label = self._smoother.label
-        probs_by_label = dict(zip(self.classifier.labels, probs.tolist()))
-        events: list[Event] = [LabelEvent(decision.tick * _TICK_S, self.labels[label], probs_by_label)]
-        return events + self._segmenter.add(decision.centre_tick * _TICK_S, scores, label, changed)
+class HopTally:
+    """Running totals of a stream's decisions, for a file's summary: no label events need to be kept."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.reset()
+
+    def add(self, probs: np.ndarray, silent: np.ndarray) -> None:
+        self.hops += len(probs)
+        self.voiced_hops += int(np.sum(~silent))
+        self.prob_sum += probs[~silent].sum(axis=0, dtype=np.float64)
+
+    def reset(self) -> None:
+        self.hops = self.voiced_hops = 0
+        self.prob_sum = np.zeros(self.n_classes)
 
 
 @dataclass(frozen=True)
@@ -314,63 +448,47 @@ class FileResult:
         }
 
 
-class _Summary:
-    """Folds a stream's events into a FileResult without keeping the label events."""
-
-    def __init__(self, labels: tuple[str, ...]) -> None:
-        self.labels = labels
-        self.prob_sum = np.zeros(len(labels))
-        self.voiced_hops = 0
-        self.hops = 0
-        self.segments: list[SegmentEvent] = []
-
-    def add(self, events: Iterable[Event]) -> None:
-        for event in events:
-            if isinstance(event, SegmentEvent):
-                self.segments.append(event)
-                continue
-            self.hops += 1
-            if any(event.probs.values()):  # the model scored it: it was not silence
-                self.voiced_hops += 1
-                self.prob_sum += [event.probs[name] for name in self.labels]
-
-    def result(self, file: str | None, duration_s: float) -> FileResult:
-        if not self.hops:
-            raise AudioError(f"audio is {duration_s:.2f} s long; classification needs at least {WARMUP_S:g} s")
-        mean = self.prob_sum / max(self.voiced_hops, 1)
-        label = self.labels[int(np.argmax(mean))] if self.voiced_hops else SILENCE
-        probs = {name: float(p) for name, p in zip(self.labels, mean)}
-        return FileResult(file, duration_s, label, probs, tuple(self.segments))
-
-
 Progress = Callable[[float, float], None]
 """Called after each block with the seconds of audio processed so far and in all."""
 
 
 def _run(stream: AudioStream, blocks: Iterable[np.ndarray], total_s: float, file: str | None,
          progress: Progress | None) -> FileResult:
-    summary = _Summary(stream.classifier.labels)
+    segments: list[SegmentEvent] = []
     for block in blocks:
-        summary.add(stream.push(block))
+        segments += stream.push(block)
         if progress is not None:
             progress(stream.time_s, total_s)
-    duration_s = stream.time_s
-    summary.add(stream.flush())  # the stream resets itself: its last segment ends at the audio's end
-    return summary.result(file, summary.segments[-1].end if summary.segments else duration_s)
+    segments += stream.process(stream.finish_input())
+    duration_s, tally = stream.time_s, stream.tally
+    hops, voiced, prob_sum = tally.hops, tally.voiced_hops, tally.prob_sum.copy()
+    segments += stream.end()  # the last segment ends at the audio's end; the stream resets itself
+    if not hops:
+        raise AudioError(f"audio is {duration_s:.2f} s long; classification needs at least {WARMUP_S:g} s")
+    labels = stream.scorer.labels
+    mean = prob_sum / max(voiced, 1)
+    label = labels[int(np.argmax(mean))] if voiced else SILENCE
+    probs = {name: float(p) for name, p in zip(labels, mean)}
+    return FileResult(file, segments[-1].end if segments else duration_s, label, probs, tuple(segments))
 
 
-def classify_audio(audio: np.ndarray, classifier: Classifier, config: StreamConfig | None = None, *,
+def _file_stream(scorer: FrameScorer, config: StreamConfig | None) -> AudioStream:
+    """A stream that returns segment events only: a file's result needs no label events."""
+    return AudioStream(scorer, replace(config or StreamConfig(), events="segments"))
+
+
+def classify_audio(audio: np.ndarray, scorer: FrameScorer, config: StreamConfig | None = None, *,
                    file: str | None = None, progress: Progress | None = None) -> FileResult:
     """Classify float32 mono 16 kHz audio (as service.audio.load_audio gives) through an AudioStream."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise AudioError(f"expected mono 16 kHz audio of shape (samples,), got {audio.shape}")
-    stream = AudioStream(classifier, config)
+    stream = _file_stream(scorer, config)
     blocks = (audio[start : start + MAX_BLOCK_SAMPLES] for start in range(0, audio.size, MAX_BLOCK_SAMPLES))
     return _run(stream, blocks, audio.size / SAMPLE_RATE, file, progress)
 
 
-def classify_file(source: AudioSource, classifier: Classifier, config: StreamConfig | None = None, *,
+def classify_file(source: AudioSource, scorer: FrameScorer, config: StreamConfig | None = None, *,
                   file: str | None = None, max_duration_s: float | None = None,
                   progress: Progress | None = None) -> FileResult:
     """Classify an audio file (a path, bytes or a binary file object), decoded and resampled block by
@@ -380,4 +498,4 @@ def classify_file(source: AudioSource, classifier: Classifier, config: StreamCon
         file = os.fspath(source)
     with open_audio(source, max_duration_s=max_duration_s) as handle:
         total_s = handle.frames / handle.samplerate
-        return _run(AudioStream(classifier, config), decoded_blocks(handle, max_duration_s), total_s, file, progress)
+        return _run(_file_stream(scorer, config), decoded_blocks(handle, max_duration_s), total_s, file, progress)

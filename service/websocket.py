@@ -1,11 +1,16 @@
 """WS /v1/stream: binary frames are audio, text frames are JSON control, JSON events go out.
 
 Protocol (also in the README): connect with query parameters `sample_rate`,
-`encoding` (pcm_s16le | pcm_f32le), `channels` and the analysis knobs of
-/v1/classify; send audio as binary messages of any size; receive
-`{"type": "label", ...}` every hop and `{"type": "segment", ...}` when a segment
-closes; send `{"type": "end"}` to flush the last segment, after which the
-server closes with 1000. Errors arrive as `{"type": "error", "message"}`
+`encoding` (pcm_s16le | pcm_f32le), `channels`, `events` (labels | changes |
+segments) and the analysis knobs of /v1/classify; send audio as binary
+messages of any size; receive `{"type": "label", ...}` every hop (events=labels,
+the default) or when the label changes (events=changes), and
+`{"type": "segment", ...}` when a segment closes; send `{"type": "end"}` to
+flush the last segment, after which the server closes with 1000.
+
+The frames of every stream of the process are scored together: each message's
+new frames go to the app's BatchScheduler (service.batching), which runs one
+onnxruntime call for all the streams that are due, in a worker thread. Errors arrive as `{"type": "error", "message"}`
 followed by a close: 1003 unsupported data (text where audio or a known
 control message is expected), 1007 invalid audio, 1008 bad parameters or idle
 timeout, 1009 message too big, 1011 internal error, 1013 server at capacity.
@@ -19,15 +24,18 @@ import json
 import logging
 import time
 
+from dataclasses import replace
+from typing import Literal
+
 from fastapi import APIRouter, WebSocket
-from fastapi.concurrency import run_in_threadpool
 from pydantic import Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from service.audio import AudioError
+from service.batching import BatchScheduler
 from service.pcm import ENCODINGS
 from service.schemas import StreamOptions, describe_errors
-from service.stream import AudioStream
+from service.stream import AudioStream, Event
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -40,6 +48,9 @@ class StreamParams(StreamOptions):
     sample_rate: int = Field(16_000, description="Sample rate of the audio sent, in Hz (8000 to 192000).")
     encoding: str = Field("pcm_s16le", description="Sample format: pcm_s16le or pcm_f32le.")
     channels: int = Field(1, description="Interleaved channels; they are averaged.")
+    events: Literal["labels", "changes", "segments"] = Field(
+        "labels", description="labels: a label event every hop; changes: only when the label changes; "
+        "segments: segment events only (they come in every mode).")
 
 
 class StreamClosed(Exception):
@@ -74,7 +85,8 @@ async def _send_events(ws: WebSocket, events: list) -> None:
 def _parse_params(ws: WebSocket) -> tuple[StreamParams, AudioStream]:
     try:
         params = StreamParams(**ws.query_params)
-        stream = AudioStream(ws.app.state.classifier, params.to_config(), sample_rate=params.sample_rate,
+        config = replace(params.to_config(), events=params.events)
+        stream = AudioStream(ws.app.state.classifier, config, sample_rate=params.sample_rate,
                              channels=params.channels, encoding=params.encoding)
     except ValidationError as error:
         raise StreamClosed(1008, f"bad stream parameters: {describe_errors(error.errors())}") from None
@@ -100,7 +112,7 @@ async def _serve(ws: WebSocket, params: StreamParams, stream: AudioStream) -> No
                 raise StreamClosed(1009, f"message of {len(data)} bytes; the limit is {settings.max_message_bytes}")
             started = time.perf_counter()
             try:
-                events = await run_in_threadpool(stream.push, data)
+                events = await _push(stream, ws.app.state.scheduler, data)
             except AudioError as error:
                 raise StreamClosed(1007, str(error)) from None
             metrics.inference_seconds.labels("stream").observe(time.perf_counter() - started)
@@ -109,7 +121,7 @@ async def _serve(ws: WebSocket, params: StreamParams, stream: AudioStream) -> No
             await throttle.account(len(data) / bytes_per_second)
         elif _is_end(text):
             try:
-                events = await run_in_threadpool(stream.flush)
+                events = await _flush(stream, ws.app.state.scheduler)
             except AudioError as error:
                 raise StreamClosed(1007, str(error)) from None
             await _send_events(ws, events)
@@ -117,6 +129,21 @@ async def _serve(ws: WebSocket, params: StreamParams, stream: AudioStream) -> No
         else:
             raise StreamClosed(1003, 'text messages must be the JSON control message {"type": "end"}; '
                                      "send audio as binary messages")
+
+
+async def _push(stream: AudioStream, scheduler: BatchScheduler, data: bytes) -> list[Event]:
+    """AudioStream.push with the frames scored in the process's batch: features and decisions here, in
+    the event loop (one vectorised call each per block), the network in the scheduler's thread."""
+    events: list[Event] = []
+    for block in stream.blocks(data):
+        events += stream.complete(await scheduler.score(stream.feed(block)))
+    return events
+
+
+async def _flush(stream: AudioStream, scheduler: BatchScheduler) -> list[Event]:
+    """AudioStream.flush through the batch."""
+    events = stream.complete(await scheduler.score(stream.feed(stream.finish_input())))
+    return events + stream.end()
 
 
 def _is_end(text: str | None) -> bool:

@@ -179,6 +179,18 @@ def test_stream_in_random_chunks_equals_rest(server):
     assert [e["time"] for e in labels] == sorted(e["time"] for e in labels)
 
 
+def test_stream_events_parameter_chooses_what_is_sent(server):
+    pcm = np.round(scene(seed=3) * 32767).astype("<i2").tobytes()
+    chunks = random_chunks(len(pcm), np.random.default_rng(2))
+    sent = {mode: stream_file(server.ws(f"?events={mode}"), pcm, chunks)[0] for mode in ("labels", "changes", "segments")}
+    labels = [e for e in sent["labels"] if e["type"] == "label"]
+    changes = [e for i, e in enumerate(labels) if i == 0 or e["label"] != labels[i - 1]["label"]]
+    assert [e for e in sent["changes"] if e["type"] == "label"] == changes and 1 < len(changes) < len(labels) / 5
+    assert all(e["type"] == "segment" for e in sent["segments"])
+    segments = [e for e in sent["labels"] if e["type"] == "segment"]
+    assert [e for e in sent["changes"] if e["type"] == "segment"] == sent["segments"] == segments
+
+
 def test_stream_float32_stereo_at_48k(server):
     import soxr
     audio = soxr.resample(scene(), SAMPLE_RATE, 48_000).astype(np.float32)
@@ -205,6 +217,7 @@ def expect_error(url: str, send: list, code: int) -> str:
     ("?sample_rate=0", "sample rate 0 Hz: expected an integer from 8000 to 192000"),
     ("?sample_rate=500000", "sample rate 500000"), ("?encoding=mp3", "encoding 'mp3'"), ("?channels=0", "channel"),
     ("?window=0", "window"), ("?hop=abc", "hop"), ("?samplerate=48000", "samplerate: Extra inputs"),
+    ("?events=all", "events: Input should be 'labels', 'changes' or 'segments'"),
 ])
 def test_stream_bad_parameters(server, query, names):
     message = expect_error(server.ws(query), [], 1008)
@@ -295,7 +308,7 @@ def test_a_failing_stream_closes_with_1011_and_the_server_goes_on(classifier, mo
         def broken(windows):
             raise RuntimeError("model failure")
 
-        monkeypatch.setattr(classifier, "predict", broken)
+        monkeypatch.setattr(classifier, "frame_logits", broken)
         with connect(live.ws()) as ws:
             ws.send((make_signal("noise", 2.0) * 32767).astype("<i2").tobytes())  # loud enough to be scored
             ws.send(json.dumps({"type": "end"}))

@@ -9,7 +9,8 @@ from service import inference
 from service.features import FRAMES_PER_SECOND, N_MFCC, mfcc
 from service.inference import Classifier, ModelError
 from tests.conftest import make_signal
-from tests.tiny_model import LABELS, centroid_graph, make_card, write_model
+from tests.tiny_model import (CAUSAL_RECEPTIVE_FIELD, LABELS, causal_graph, centroid_graph, make_card,
+                              pooled_graph, write_model)
 
 
 def windows_of(kind: str, count: int = 4, seed: int = 0) -> np.ndarray:
@@ -138,6 +139,8 @@ def test_missing_card_and_missing_model(tmp_path):
     ({"labels": ["speech", "speech", "noise"]}, "distinct"),
     ({"labels": ["speech", "music"]}, "outputs .*3.* 2 labels"),
     ({"features": "mfcc"}, "must be an object"),
+    ({"receptive_field_frames": 0}, "receptive_field_frames"),
+    ({"receptive_field_frames": 38.0}, "receptive_field_frames"),
 ])
 def test_bad_card_fields(tmp_path, changes, message):
     path = write_model(tmp_path)
@@ -149,7 +152,7 @@ def test_bad_card_fields(tmp_path, changes, message):
 def test_card_without_required_keys(tmp_path):
     path = write_model(tmp_path)
     path.with_suffix(".json").write_text(json.dumps({"name": "x", "labels": LABELS}))
-    with pytest.raises(ModelError, match="lacks required keys: features, onnx_sha256"):
+    with pytest.raises(ModelError, match="lacks required keys: features, receptive_field_frames, onnx_sha256"):
         Classifier(path)
 
 
@@ -167,3 +170,104 @@ def test_default_model_is_the_bundled_one(tmp_path, monkeypatch):
         Classifier()
     write_model(tmp_path, name=Path(inference.DEFAULT_MODEL).stem)
     assert Classifier().path == tmp_path / inference.DEFAULT_MODEL
+
+
+def test_a_model_without_frame_logits_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ModelError, match="must have an input 'mfcc' and an output 'frame_logits'.*export.frame_logits"):
+        Classifier(write_model(tmp_path, model=pooled_graph()))
+
+
+def test_frame_logits_and_pooled_probabilities(classifier):
+    windows = windows_of("music")
+    logits = classifier.frame_logits(windows)
+    assert logits.shape == (4, FRAMES_PER_SECOND, len(LABELS)) and logits.dtype == np.float32
+    np.testing.assert_allclose(inference.pooled_probs(logits), classifier.predict(windows), atol=1e-7)
+
+
+# --- batched scoring ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory):
+    path = write_model(tmp_path_factory.mktemp("causal"), "causal", causal_graph(),
+                       receptive_field_frames=CAUSAL_RECEPTIVE_FIELD)
+    return Classifier(path)
+
+
+def requests_of(lengths: list[tuple[int, int]], seed: int = 0) -> list:
+    """FrameRequests of (context, new) frames cut from generated audio of every kind."""
+    from service.batching import FrameRequest
+
+    frames = np.concatenate([mfcc(make_signal(kind, 4.0, seed=seed)) for kind in LABELS])
+    rng = np.random.default_rng(seed)
+    requests = []
+    for context, new in lengths:
+        start = int(rng.integers(0, len(frames) - context - new))
+        requests.append(FrameRequest(frames[start : start + context + new], new))
+    return requests
+
+
+LENGTHS = [(8, 10), (0, 1), (8, 1), (3, 7), (8, 1000), (8, 0), (8, 240), (0, 50), (8, 10), (8, 57)]
+
+
+def test_batched_scoring_equals_one_stream_at_a_time(causal):
+    from service.batching import score_requests
+
+    requests = requests_of(LENGTHS)
+    together = score_requests(causal, requests)
+    for request, logits in zip(requests, together):
+        (alone,) = score_requests(causal, [request])
+        assert logits.shape == (request.new, len(LABELS))
+        np.testing.assert_allclose(logits, alone, atol=1e-5)
+        # the new frames' logits are those of the frames scored with their context, in one row
+        whole = causal.frame_logits(request.frames[None])[0] if request.new else alone
+        np.testing.assert_allclose(logits, whole[len(request.frames) - request.new :], atol=1e-5)
+
+
+def test_rows_of_very_different_lengths_are_not_padded_together(causal, monkeypatch):
+    from service.batching import MAX_PADDING, score_requests
+
+    shapes = []
+    original = causal.frame_logits
+    monkeypatch.setattr(causal, "frame_logits", lambda batch: shapes.append(batch.shape) or original(batch))
+    score_requests(causal, requests_of(LENGTHS))
+    assert sum(shape[0] for shape in shapes) == sum(1 for _, new in LENGTHS if new)
+    assert sorted(shapes) == [(1, 248, 20), (1, 1008, 20), (2, 65, 20), (5, 18, 20)]  # all short rows in one call
+    padded = sum(shape[0] * shape[1] for shape in shapes)
+    assert padded <= sum(c + n for c, n in LENGTHS if n) / (1 - MAX_PADDING)
+
+
+def test_the_scheduler_batches_concurrent_streams(causal):
+    import asyncio
+
+    from service.batching import BatchScheduler, score_requests
+
+    requests = requests_of(LENGTHS, seed=1)
+
+    async def main() -> tuple[list, int]:
+        async with BatchScheduler(causal, max_batch_frames=600) as scheduler:
+            results = await asyncio.gather(*(scheduler.score(request) for request in requests))
+            return results, scheduler.batches
+
+    results, batches = asyncio.run(main())
+    assert 1 < batches < len(LENGTHS)  # the 1008-frame row is alone; the small ones share calls
+    for request, logits in zip(requests, results):
+        np.testing.assert_allclose(logits, score_requests(causal, [request])[0], atol=1e-5)
+
+
+def test_a_failing_batch_fails_its_streams_and_the_next_batch_runs(causal, monkeypatch):
+    import asyncio
+
+    from service.batching import BatchScheduler
+
+    requests = requests_of([(8, 10), (8, 20)])
+
+    async def main() -> np.ndarray:
+        async with BatchScheduler(causal) as scheduler:
+            original = causal.frame_logits
+            monkeypatch.setattr(causal, "frame_logits", lambda batch: 1 / 0)
+            with pytest.raises(ZeroDivisionError):
+                await scheduler.score(requests[0])
+            monkeypatch.setattr(causal, "frame_logits", original)
+            return await scheduler.score(requests[1])
+
+    assert asyncio.run(main()).shape == (20, len(LABELS))

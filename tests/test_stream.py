@@ -6,8 +6,10 @@ from service.audio import AudioError
 from service.events import SILENCE
 from service.features import SAMPLE_RATE, WIN_LENGTH
 from service.pcm import PcmDecoder
+from service.inference import Classifier, pooled_probs
 from service.stream import AudioStream, LabelEvent, SegmentEvent, StreamConfig, classify_audio
 from tests.conftest import make_signal
+from tests.tiny_model import CAUSAL_RECEPTIVE_FIELD, causal_graph, write_model
 
 MIXED = [("speech", 1.6), ("music", 1.4), ("silence", 1.2), ("noise", 1.5), ("speech", 1.3)]
 
@@ -244,8 +246,9 @@ def test_one_hour_stream_has_bounded_memory(classifier):
     for second in range(3600):
         for event in stream.push(pieces[(second // 13) % 4]):  # a new kind every 13 s
             segment_count += isinstance(event, SegmentEvent)
-        assert stream._frames.buffered <= config.window_frames + 100
-        assert stream._block_energy.buffered <= stream._block_energy.keep + 200
+        for history in (stream._logits, stream._loud_sums, stream._loud_counts, stream._energy_sums):
+            assert history.buffered <= 2 * (history.keep + 200)  # a one-second push adds 100 frames, 200 blocks
+        assert stream._context.buffered <= 2 * (stream._context.keep + 100)
         assert stream._mfcc._pending.size < WIN_LENGTH and stream._energy.buffered < 80
     assert len(stream._segmenter._unassigned) <= stream._smoother.lag_hops
     assert stream.time_s == 3600
@@ -289,3 +292,119 @@ def test_bad_chunks(classifier):
         AudioStream(classifier).push(np.array([0.0, np.nan], dtype=np.float32))
     with pytest.raises(AudioError, match="int16"):
         AudioStream(classifier).push(np.zeros(10, dtype=np.int32))
+
+
+# --- the per-frame engine against a direct computation of its definition ---------------------------------
+
+BLOCK = 80  # samples per energy block (service.buffers.ENERGY_BLOCK)
+
+
+def window_loudness(audio: np.ndarray, first: int, end: int, hop_ticks: int, threshold_db: float) -> np.ndarray:
+    """The silence rule, written out directly: a frame is loud when the mean square of the hop_s of
+    audio centred on it, shifted right to start at the window's start and cut at its end, reaches the
+    threshold."""
+    blocks = audio[first * 160 : (end - 1) * 160 + 400].astype(np.float64).reshape(-1, BLOCK)
+    energies = np.mean(blocks.astype(np.float32).astype(np.float64) ** 2, axis=1)
+    span = 2 * hop_ticks
+    loud = []
+    for frame in range(end - first):
+        start = min(max(frame * 2 + 2 - span // 2, 0), len(energies) - 1)
+        stop = min(start + span, len(energies))
+        loud.append(energies[start:stop].mean() >= 10 ** (threshold_db / 10))
+    return np.array(loud)
+
+
+def direct_decisions(scorer, audio: np.ndarray, config: StreamConfig) -> list[tuple[float, np.ndarray | None]]:
+    """(time, probabilities or None for silence) of every hop, from the frame logits of the whole audio in
+    one call: each window's frames scored once with all their left context."""
+    from service.features import mfcc, n_frames
+
+    logits = scorer.frame_logits(mfcc(audio)[None])[0]
+    decisions = []
+    for tick in range(config.first_decision_tick, audio.size // 160 + 1, config.hop_ticks):
+        end = n_frames(tick * 160)
+        first = end - min(config.window_frames, end)
+        loud = window_loudness(audio, first, end, config.hop_ticks, config.silence_threshold_db)
+        probs = pooled_probs(logits[first:end][loud][None])[0] if loud[(end - first) // 2] else None
+        decisions.append((tick / 100, probs))
+    return decisions
+
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory):
+    """A model whose frame logits depend on CAUSAL_RECEPTIVE_FIELD frames of context."""
+    path = write_model(tmp_path_factory.mktemp("causal"), "causal", causal_graph(),
+                       receptive_field_frames=CAUSAL_RECEPTIVE_FIELD)
+    return Classifier(path)
+
+
+def quiet_gaps() -> np.ndarray:
+    """Sound, silence, a quiet stretch near the threshold and brief dips: every branch of the silence rule."""
+    audio, _ = concat([("music", 1.3), ("silence", 0.73), ("speech", 1.1), ("noise", 0.9), ("silence", 0.35),
+                       ("music", 1.2)])
+    audio[int(4.0 * SAMPLE_RATE) : int(4.4 * SAMPLE_RATE)] *= 10 ** (-45 / 20)
+    audio[int(1.0 * SAMPLE_RATE) : int(1.03 * SAMPLE_RATE)] = 0
+    return audio
+
+
+@pytest.mark.parametrize("window_s,hop_s", [(1.0, 0.1), (0.5, 0.01), (2.0, 0.03), (0.7, 0.5), (10.0, 0.2)])
+def test_decisions_equal_the_pooled_model_on_the_same_frames(causal, window_s, hop_s):
+    audio = quiet_gaps()
+    config = StreamConfig(window_s=window_s, hop_s=hop_s)
+    labels = [e for e in run(AudioStream(causal, config), audio, every(2221, audio)) if isinstance(e, LabelEvent)]
+    expected = direct_decisions(causal, audio, config)
+    assert [e.time for e in labels] == pytest.approx([time for time, _ in expected])
+    assert any(probs is None for _, probs in expected) and any(probs is not None for _, probs in expected)
+    for event, (_, probs) in zip(labels, expected):
+        got = np.array([event.probs[name] for name in causal.labels])
+        if probs is None:
+            assert not got.any()  # the smoothed label may lag; the hop itself is silence
+        else:
+            np.testing.assert_allclose(got, probs, atol=1e-5)
+
+
+def test_a_window_from_the_start_equals_the_pooled_model(causal):
+    """Before any context exists, a decision is what the time-pooled network gives for the same frames."""
+    from service.features import mfcc
+
+    audio = make_signal("music", 0.5) + make_signal("noise", 0.5)  # no silent frame: all are pooled
+    (event,) = [e for e in AudioStream(causal).push(audio) if isinstance(e, LabelEvent)]
+    pooled = causal.predict(mfcc(audio)[None])[0]
+    np.testing.assert_allclose([event.probs[name] for name in causal.labels], pooled, atol=1e-5)
+
+
+@pytest.mark.parametrize("step", [1, 160, 999, 24_000])
+def test_context_models_give_the_same_events_for_any_chunking(causal, step):
+    audio = quiet_gaps()[: 3 * SAMPLE_RATE] if step == 1 else quiet_gaps()
+    whole = run(AudioStream(causal), audio, [])
+    chunked = run(AudioStream(causal), audio, every(step, audio))
+    assert [e.to_dict()["type"] for e in chunked] == [e.to_dict()["type"] for e in whole]
+    for a, b in zip(chunked, whole):
+        if isinstance(a, LabelEvent):
+            assert (a.time, a.label) == (b.time, b.label)
+            np.testing.assert_allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-5)
+        else:
+            assert a == b
+
+
+def test_event_modes(classifier, mixed, reference):
+    changes = run(AudioStream(classifier, StreamConfig(events="changes")), mixed[0], every(4000, mixed[0]))
+    only_segments = run(AudioStream(classifier, StreamConfig(events="segments")), mixed[0], [])
+    labels = [e for e in reference if isinstance(e, LabelEvent)]
+    switches = [e for i, e in enumerate(labels) if i == 0 or e.label != labels[i - 1].label]
+    assert dicts(e for e in changes if isinstance(e, LabelEvent)) == dicts(switches)
+    assert segments(changes) == segments(only_segments) == segments(reference)
+    assert all(isinstance(e, SegmentEvent) for e in only_segments)
+    with pytest.raises(ValueError, match="events must be one of labels, changes, segments"):
+        StreamConfig(events="all")
+
+
+def test_cost_per_hop_does_not_depend_on_the_window(classifier):
+    """The work a decision does touches the frames near the window's edges, not the whole window: the
+    buffers a stream reads at each hop have a size set by the hop, whatever the window (no timing here)."""
+    from service.stream import SilenceRule
+
+    for hop_s in (0.01, 0.1, 0.5):
+        rules = {window_s: SilenceRule(StreamConfig(window_s=window_s, hop_s=hop_s)) for window_s in (0.5, 10.0)}
+        assert rules[0.5].edge_low == rules[10.0].edge_low <= round(hop_s * 100) // 2
+        assert rules[0.5].edge_high == rules[10.0].edge_high <= round(hop_s * 100) // 2
