@@ -3,8 +3,9 @@
 Sections (all by default, in this order): features (streaming MFCC against
 recomputing the window), model (ms per window), files (x real time of
 classify_file beside Silero VAD), service (concurrent WebSocket streams:
-latency, CPU, memory). Models default to the bundled ones; missing ones are
-skipped with a note. ``--quick`` runs every section in a few seconds (for
+latency, CPU, memory); and only when named, batch (swishnet batch on Ray
+against swishnet classify; needs the batch extra). Models default to the
+bundled ones; missing ones are skipped with a note. ``--quick`` runs every section in a few seconds (for
 the tests: its figures mean little). A section that fails is recorded with
 its error and the command exits with status 1.
 """
@@ -21,11 +22,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench import features, files, load, model
+from bench import batch, features, files, load, model
 from bench.common import Options, bundled_model_paths, load_models, machine_info
 from service.inference import Classifier
 
 SECTIONS = ("features", "model", "files", "service")
+OPT_IN = ("batch",)  # run only when named: it needs the batch extra (Ray) and starts a local Ray
 QUICK = Options(quick=True, repeats=3, file_repeats=1, file_s=20.0, streams=(1, 4), step_s=1.5)
 RESULTS = Path(__file__).parent / "results"
 SCHEMA = 1
@@ -33,7 +35,8 @@ SCHEMA = 1
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sections", nargs="*", help=f"sections to run (default: all): {', '.join(SECTIONS)}")
+    parser.add_argument("sections", nargs="*",
+                        help=f"sections to run (default: all but {', '.join(OPT_IN)}): {', '.join(SECTIONS + OPT_IN)}")
     parser.add_argument("--quick", action="store_true", help="tiny configuration, a few seconds in all")
     parser.add_argument("--model", type=Path, action="append", metavar="PATH",
                         help="an ONNX model with its .json card (repeatable; default: the bundled models); "
@@ -50,9 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path,
                         help="JSON output (default bench/results/latest.json; with --quick, quick.json)")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.sections if name not in SECTIONS]
+    unknown = [name for name in args.sections if name not in SECTIONS + OPT_IN]
     if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS + OPT_IN)}")
     return args
 
 
@@ -97,6 +100,7 @@ def run_suite(options: Options, sections: Sequence[str]) -> dict:
         "model": lambda: model.run(options, classifiers),
         "files": lambda: files.run(options, classifiers, notes),
         "service": lambda: _service(options, classifiers, report),
+        "batch": lambda: batch.run(options, classifiers, notes),
     }
     for name in sections:
         _section(name, work[name], report)
@@ -111,7 +115,7 @@ def _options_dict(options: Options) -> dict:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "features": features.render, "model": model.render, "files": files.render,
-    "service": load.render, "memory": load.render_memory,
+    "service": load.render, "memory": load.render_memory, "batch": batch.render,
 }
 
 
@@ -130,7 +134,7 @@ def render(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = [name for name in SECTIONS if name in args.sections] or SECTIONS
+    sections = [name for name in SECTIONS + OPT_IN if name in args.sections] or SECTIONS
     with tempfile.TemporaryDirectory(prefix="swishnet-bench-model-") as folder:
         if args.tiny:
             from tests.tiny_model import write_model

@@ -6,6 +6,7 @@ One small local Ray serves the module (2 CPUs, 128 MB of object store, no dashbo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,6 +25,8 @@ try:
 except ImportError:  # pragma: no cover
     pytest.fail("Ray is missing: install the batch extra (pip install -e '.[batch]'; make test does)", pytrace=False)
 
+from bench import batch as batch_bench
+from bench.__main__ import QUICK
 from service.batch import BatchOptions, run_batch
 from service.batch_output import OutputLock, done_files, read_rows
 from service.batch_sources import SourceError, expand_sources
@@ -203,6 +206,17 @@ def test_a_killed_worker_is_replaced_and_its_files_retried(local_ray, audio_dir,
     rows = by_file(read_rows(tmp_path / "out"))
     assert set(rows) == set(files)
     assert without_error(rows[files[1]]) == classify_file(files[1], classifier).to_dict()
+
+
+def test_the_bench_section_runs(local_ray, classifier):
+    """python -m bench batch, in its quick mode on the tiny model: only the structure, never a timing."""
+    result = batch_bench.run(dataclasses.replace(QUICK, file_s=8.0), {"tiny": classifier}, [])
+    assert (result["files"], result["duration_s"]) == (batch_bench.QUICK_FILES, 8.0)
+    runners = {"classify (1 process)", "batch, 1 worker", "batch, 2 workers"}
+    assert set(result["commands"]["x_real_time"]) == runners
+    assert set(result["jobs"]["x_real_time"]) == runners - {"classify (1 process)"}
+    assert result["jobs"]["scaling_efficiency"]["n"] == 1 and result["jobs"]["ray_start_s"] is None
+    assert "scaling efficiency" in batch_bench.render(result)
 
 
 # ---- sources and usage errors (no Ray)
