@@ -31,7 +31,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python system-deps
 	touch $@ $(VENV)/.runtime-installed
 
 # Debian packages the tests need: PortAudio for the microphone extra (sounddevice), Chromium for the
-# web page test. Installed with apt-get when running as root; otherwise a warning says how.
+# web page test, FluidSynth and a small GM soundfont for rendered music. Installed with apt-get when running as root; otherwise a warning says how.
 # A failed install never stops the run.
 # $(call apt_package,PACKAGE,CHECK,WHY,OTHER SYSTEMS): install PACKAGE unless the shell test CHECK passes.
 define apt_package
@@ -49,6 +49,8 @@ endef
 system-deps:
 	$(call apt_package,libportaudio2,ldconfig -p 2>/dev/null | grep -q libportaudio.so.2,swishnet mic and serve --mic need it (the tests use a fake device),; macOS: brew install portaudio)
 	$(call apt_package,chromium,test -x /usr/bin/chromium,the web page test is skipped without it)
+	$(call apt_package,libfluidsynth3,ldconfig -p 2>/dev/null | grep -q libfluidsynth.so.3,the corpus builder renders music with it,; macOS: brew install fluid-synth)
+	$(call apt_package,timgm6mb-soundfont,test -f /usr/share/sounds/sf2/TimGM6mb.sf2,the rendered-music test plays a MIDI file with it)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

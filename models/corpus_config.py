@@ -12,6 +12,7 @@ from models.labels import LABELS
 from service.cli import CommandError
 
 SPLITS = ("train", "val", "test")
+STYLES = ("", "band")  # "band": music driven by drums, guitars and bass (rock, pop, metal, electronic)
 DEFAULT_SOURCES_FILE = Path(__file__).with_name("corpus_sources.yaml")
 DEFAULT_OUT = Path("/work/data/corpus")  # shared: training reads it
 DEFAULT_CACHE = Path("/work/data/debs")
@@ -44,6 +45,29 @@ class Screen:
 
 
 @dataclass(frozen=True)
+class RenderSettings:
+    """Rendered music (models/corpus_render.py), train split only."""
+
+    hours: float = 0.0  # at most this much ...
+    max_share: float = 0.4  # ... and at most this share of train music, so real recordings dominate
+    band_fraction: float = 0.6  # arrangements with drums, bass and guitars
+    soundfonts: tuple[str, ...] = ()  # Debian packages that ship GM soundfonts (.sf2 / .sf3)
+    score_packages: tuple[str, ...] = ()  # Debian packages that ship .mid files
+    music21: bool = True  # the music21 wheel's corpus of scores
+    licence: str = "scores: music21 corpus (BSD-3 / public domain) and Debian .mid files; soundfonts: MIT / GPL"
+    batch_scores: int = 40  # scores per resumable part
+    max_score_s: float = 120.0  # render at most the start of a score: many scores, not a few long ones
+
+
+@dataclass(frozen=True)
+class SplitRules:
+    """What each held-out split must satisfy, per class."""
+
+    min_packages: int = 4
+    max_package_share: float = 0.3  # larger packages are trimmed (whole clips, seeded) down to this share
+
+
+@dataclass(frozen=True)
 class Settings:
     seed: int = 1234
     min_clip_s: float = 0.5
@@ -55,6 +79,8 @@ class Settings:
     screening: Mapping[str, Screen] = field(default_factory=dict)  # label -> bounds; missing: not screened
     synthetic_noise_h: float = 0.3
     synthetic_clip_s: float = 10.0
+    render: RenderSettings = field(default_factory=RenderSettings)
+    split_rules: SplitRules = field(default_factory=SplitRules)
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,7 @@ class Source:
     licence: str
     parts: tuple[Part, ...]
     group: str
+    style: str = ""  # of its music: "band" for drum / guitar driven
 
     def label_of(self, member: str) -> str | None:
         """The label of the first part that takes ``member``, or None if no part does."""
@@ -140,6 +167,13 @@ def _parse_settings(raw: Mapping) -> Settings:
     caps = {label: Cap(**cap) for label, cap in (raw.pop("caps", None) or {}).items()}
     screening = {label: Screen(**bounds) for label, bounds in (raw.pop("screening", None) or {}).items()}
     synthetic = raw.pop("synthetic_noise", None) or {}
+    render = raw.pop("render", None) or {}
+    rules = raw.pop("split_rules", None) or {}
+    try:
+        render_settings = RenderSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in render.items()})
+        split_rules = SplitRules(**rules)
+    except TypeError as error:
+        raise CorpusError(f"bad render or split_rules settings: {error}") from None
     known = {f.name for f in fields(Settings)}
     unknown = (set(raw) - known) | ((set(caps) | set(screening)) - set(LABELS))
     if unknown:
@@ -151,6 +185,8 @@ def _parse_settings(raw: Mapping) -> Settings:
         screening=screening,
         synthetic_noise_h=synthetic.get("hours", Settings.synthetic_noise_h),
         synthetic_clip_s=synthetic.get("clip_s", Settings.synthetic_clip_s),
+        render=render_settings,
+        split_rules=split_rules,
     )
 
 
@@ -167,7 +203,10 @@ def _parse_source(entry: Mapping) -> Source:
         parts.append(Part(part["label"], tuple(part["include"]), tuple(part.get("exclude") or ())))
     if not parts or not entry.get("licence"):
         raise CorpusError(f"{package}: a source needs a licence and at least one part")
-    return Source(package, entry["split"], entry["licence"], tuple(parts), entry.get("group", package))
+    if entry.get("style", "") not in STYLES:
+        raise CorpusError(f"{package}: style must be one of {STYLES}, got {entry.get('style')!r}")
+    return Source(package, entry["split"], entry["licence"], tuple(parts), entry.get("group", package),
+                  entry.get("style", ""))
 
 
 def _check_groups(sources: Iterable[Source]) -> None:

@@ -19,8 +19,8 @@ def _table(header: list[str], rows: Iterable[list]) -> list[str]:
     return lines + [""]
 
 
-def render_report(rows: list[dict], dropped: list[dict]) -> str:
-    """Markdown report of a manifest's rows and a dropped.csv's rows."""
+def render_report(rows: list[dict], dropped: list[dict], problems: Iterable[str] = ()) -> str:
+    """Markdown report of a manifest's rows, a dropped.csv's rows and the broken split rules."""
     seconds = Counter()
     clips = Counter()
     for row in rows:
@@ -31,6 +31,12 @@ def render_report(rows: list[dict], dropped: list[dict]) -> str:
              f"{len(rows)} clips, {_hours(sum(seconds.values()))} h in all.", "",
              "## Hours per class and split", ""]
     lines += _split_table(seconds)
+    lines += ["## Per split and class: packages, real and band-music hours", ""]
+    lines += _split_class_table(rows)
+    problems = list(problems)
+    lines += ["## Split rules", ""]
+    lines += [f"- broken: {problem}" for problem in problems] or ["- val and test meet the split rules."]
+    lines += [""]
     lines += ["## Hours per package", ""]
     lines += _table(["package", "class", "split", "clips", "hours"],
                     [[package, label, split, clips[key], _hours(seconds[key])]
@@ -59,6 +65,23 @@ def _split_table(seconds: Counter) -> list[str]:
     body = [[label] + [_hours(per[label, split]) for split in SPLITS]
             + [_hours(sum(per[label, split] for split in SPLITS)), _hours(synthetic[label])] for label in LABELS]
     return _table(["class", *SPLITS, "total", "of which synthetic"], body)
+
+
+def _split_class_table(rows: list[dict]) -> list[str]:
+    body = []
+    for split in SPLITS:
+        for label in LABELS:
+            chosen = [row for row in rows if row["split"] == split and row["label"] == label]
+            hours = sum(float(r["duration_s"]) for r in chosen)
+            real = sum(float(r["duration_s"]) for r in chosen if str(r["synthetic"]) != "1")
+            band = sum(float(r["duration_s"]) for r in chosen if r.get("style") == "band")
+            long_real = sum(float(r["duration_s"]) for r in chosen
+                            if str(r["synthetic"]) != "1" and float(r["duration_s"]) >= 10)
+            packages = sorted({r["package"] for r in chosen})
+            body.append([split, label, len(packages), _hours(hours), _hours(real), _hours(band), _hours(long_real),
+                         ", ".join(packages) if split != "train" else f"{len(packages)} packages"])
+    return _table(["split", "class", "packages", "hours", "real hours", "band hours", "real in clips >= 10 s",
+                   "package names"], body)
 
 
 def _dropped_tables(dropped: list[dict]) -> list[str]:

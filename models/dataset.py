@@ -30,7 +30,7 @@ from service.features import SAMPLE_RATE, n_frames
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("clip_id", "path", "label", "split", "package", "source", "licence", "duration_s",
-                    "orig_sample_rate", "speech_ratio", "synthetic")
+                    "orig_sample_rate", "speech_ratio", "synthetic", "style", "render")
 WINDOW_MIN_S = 0.5
 WINDOW_MAX_S = 2.0
 WINDOW_MAX_SAMPLES = int(WINDOW_MAX_S * SAMPLE_RATE)
@@ -48,6 +48,7 @@ class Clip:
     licence: str
     duration_s: float
     synthetic: bool
+    style: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _parse_row(row: dict, corpus: Path, line: int) -> Clip:
                           f"got {row['label']!r}, {row['split']!r}")
     try:
         return Clip(row["clip_id"], corpus / row["path"], LABELS.index(row["label"]), row["split"],
-                    row["package"], row["licence"], float(row["duration_s"]), row["synthetic"] == "1")
+                    row["package"], row["licence"], float(row["duration_s"]), row["synthetic"] == "1", row["style"])
     except ValueError as error:
         raise CorpusError(f"{MANIFEST} line {line}: {error}") from None
 
@@ -93,16 +94,22 @@ def manifest_sha256(corpus: Path) -> str:
 
 
 def corpus_summary(clips: list[Clip]) -> dict:
-    """Hours and clip counts per split and class, package counts and hours per licence, for model cards."""
+    """Per split and class: hours, real (non-synthetic) hours, band-music hours and packages; hours per licence.
+
+    Model cards copy it as ``training.corpus``.
+    """
     summary: dict = {}
     for split in SPLITS:
-        chosen = [clip for clip in clips if clip.split == split]
-        summary[split] = {
-            label: {"clips": sum(c.label == index for c in chosen),
-                    "hours": round(sum(c.duration_s for c in chosen if c.label == index) / 3600, 3)}
-            for index, label in enumerate(LABELS)
-        }
-        summary[split]["packages"] = len({c.package for c in chosen})
+        summary[split] = {}
+        for index, label in enumerate(LABELS):
+            chosen = [c for c in clips if c.split == split and c.label == index]
+            summary[split][label] = {
+                "clips": len(chosen),
+                "hours": round(sum(c.duration_s for c in chosen) / 3600, 3),
+                "real_hours": round(sum(c.duration_s for c in chosen if not c.synthetic) / 3600, 3),
+                "band_hours": round(sum(c.duration_s for c in chosen if c.style == "band") / 3600, 3),
+                "packages": sorted({c.package for c in chosen}),
+            }
     hours: dict[str, float] = {}
     for clip in clips:
         hours[clip.licence] = hours.get(clip.licence, 0.0) + clip.duration_s / 3600

@@ -38,7 +38,8 @@ def make_corpus(root: Path, clips_per_split: dict[str, int] | None = None,
                 sf.write(root / path, _clip(label, duration, seed), SAMPLE_RATE)
                 package = f"{label}-pkg-{i % 2}-{split}"
                 rows.append([f"{split}-{label}-{i}", path.as_posix(), label, split, package, "generated", "CC0-1.0",
-                             f"{duration:.3f}", SAMPLE_RATE, "0.0", int(label == "noise" and i % 3 == 0)])
+                             f"{duration:.3f}", SAMPLE_RATE, "0.0", int(label == "noise" and i % 3 == 0),
+                             "band" if label == "music" and i % 2 else "", ""])
     with open(root / MANIFEST, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)

@@ -325,7 +325,9 @@ def test_build_writes_the_manifest_and_skips_finished_packages(tmp_path):
     assert {"package": "fake-game", "label": "noise", "reason": "too_short", "count": "1"} in read_csv(
         out / "dropped.csv")
     assert "Hours per class and split" in (out / "CORPUS.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["CORPUS.md", "audio", "dropped.csv", "manifest.csv", "parts"]
+    assert sorted(p.name for p in out.iterdir()) == ["CORPUS.md", "audio", "dropped.csv", "leaks.csv", "leaks.sha256",
+                                                     "manifest.csv", "parts"]
+    assert "val speech: 1 packages, fewer than 4" in (out / "CORPUS.md").read_text()
 
     part = out / "parts" / "fake-game.csv"
     stamp = part.stat().st_mtime_ns
