@@ -19,7 +19,7 @@ from service.inference import INPUT_NAME
 MODES = ("dynamic", "static")
 MAX_ACCURACY_DROP = 0.5  # percentage points
 CALIBRATION_FRAMES = n_frames(SAMPLE_RATE)  # 1 s windows
-QUANTIZED_OPS = ["Conv"]  # the weights; the gates, pooling and softmax stay float so probs keep full resolution
+QUANTIZED_OPS = ["Conv"]  # the weights; the gates stay float
 
 
 def calibration_windows(corpus: Path, n_per_class: int = 64, seed: int = 0) -> np.ndarray:

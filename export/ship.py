@@ -1,9 +1,11 @@
 """``swishnet export``: checkpoint to a shipped ONNX model with its card.
 
-Steps: export the float graph, check it against PyTorch (PARITY_ATOL), then,
-given a corpus, evaluate it on ``--split`` (and optionally an int8 version,
-shipped only if its accuracy on the validation split holds), and write
-NAME.onnx, NAME.json and NAME.md.
+Steps: export the float graph (frame logits), check it against PyTorch
+(PARITY_ATOL), then, given a corpus, evaluate it on ``--split`` (and
+optionally an int8 version, shipped only if its accuracy on the validation
+split holds), and write NAME.onnx, NAME.json and NAME.md. The metrics are
+computed with the runtime's own Classifier, so segmentation runs the
+streaming engine exactly as the service does.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from export.contract import contract_entries, write_card_files
 from export.onnx_export import export_onnx
 from export.parity import check_parity
 from export.quantize import MAX_ACCURACY_DROP, calibration_windows, quantize
-from models.card import base_card, onnx_facts, write_card
+from models.card import base_card, onnx_facts
 from models.evaluate import OnnxScorer, clip_classification, mean_clean_accuracy, prepare_split, split_metrics
 from models.swishnet import load_checkpoint, parameter_count
 from service.cli import CommandError
+from service.inference import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,10 @@ def ship(checkpoint: Path, out: Path, quantize_mode: str | None = None, corpus: 
             shipped, quantization = _quantised(shipped, quantize_mode, corpus, seed, workers)
         os.replace(shipped, out)
     card = base_card(out.stem, model.config, parameter_count(model), saved.get("training"))
+    card.update(contract_entries(len(model.config.labels), model.config.receptive_field))
     card.update(onnx_facts(out), parity_max_abs_diff=parity, quantization=quantization)
-    card["metrics"] = split_metrics(OnnxScorer(out), data, seed) if data else {}
-    write_card(card, out.with_suffix(".json"))
+    write_card_files(card, out.with_suffix(".json"))  # the runtime's Classifier below loads the model by its card
+    card["metrics"] = split_metrics(Classifier(out, intra_op_num_threads=2), data, seed) if data else {}
+    write_card_files(card, out.with_suffix(".json"))
     log.info("wrote %s and its card %s", out, out.with_suffix(".json"))
     return card
