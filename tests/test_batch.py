@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 try:
     import ray
@@ -30,9 +32,10 @@ from bench.__main__ import QUICK
 from service.batch import BatchOptions, run_batch
 from service.batch_output import OutputLock, done_files, read_rows
 from service.batch_sources import SourceError, expand_sources
-from service.cli import main
+from service.cli import build_parser, main
 from service.stream import classify_file
 from tests.conftest import make_signal
+from tests.test_docker import DOCKER_DIR as DOCKER, find_hadolint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -257,6 +260,36 @@ def test_usage_errors_exit_2(audio_dir, tiny_model_path, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         batch(audio_dir, "--out", tmp_path / "out", "--workers", "0")
     assert exit_info.value.code == 2
+
+
+def test_the_rayjob_runs_swishnet_batch_on_the_batch_image():
+    """docker/rayjob.yaml (KubeRay) against the CLI and docker/Dockerfile.batch; the manifest was also checked
+    against KubeRay 1.7's RayJob schema by hand (README), which the tests cannot download."""
+    job = yaml.safe_load((DOCKER / "rayjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    command = shlex.split(job["spec"]["entrypoint"])
+    assert command[:2] == ["swishnet", "batch"]
+    args = build_parser().parse_args(command[1:])  # exits on an option the command does not have
+    cluster = job["spec"]["rayClusterSpec"]
+    head, workers = cluster["headGroupSpec"], cluster["workerGroupSpecs"]
+    pods = [head["template"]["spec"]] + [group["template"]["spec"] for group in workers]
+    dockerfile = (DOCKER / "Dockerfile.batch").read_text()
+    assert f"ARG RAY_VERSION={cluster['rayVersion']}\n" in dockerfile
+    for pod in pods:
+        (container,) = pod["containers"]
+        assert container["image"].rsplit("/", 1)[-1].startswith("swishnet-batch:")
+        assert {mount["name"] for mount in container["volumeMounts"]} <= {volume["name"] for volume in pod["volumes"]}
+    assert head["rayStartParams"]["num-cpus"] == "0"  # actors run on the workers
+    limits = [group["template"]["spec"]["containers"][0]["resources"]["limits"] for group in workers]
+    worker_cpus = sum(group["replicas"] * float(limit["cpu"]) for group, limit in zip(workers, limits))
+    assert args.workers * args.cpus_per_worker <= worker_cpus
+    mounts = {mount["mountPath"] for mount in head["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert args.address == "auto" and args.sources[0] in mounts and args.out.parent.as_posix() in mounts
+    hadolint = find_hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it is in the dev extra)")
+    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile.batch")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_runtime_never_imports_ray(audio_dir, tmp_path):
