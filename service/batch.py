@@ -90,6 +90,8 @@ class BatchOptions:
     """Shared memory of a local Ray (ignored when joining a cluster)."""
     progress: bool = True
     """A progress bar on stderr (shown only on a terminal)."""
+    retry_errors: bool = False
+    """Classify again the files whose rows in the output are errors (those rows are removed first)."""
 
     def __post_init__(self) -> None:
         if self.out_format not in FORMATS:
@@ -234,7 +236,7 @@ def run_batch(files: Sequence[str], out: Path, classifier: Classifier, config: S
     started = time.perf_counter()
     prepare(out)
     with OutputLock(out):
-        done = done_files(out)
+        done = done_files(out, options.retry_errors)
         todo = [name for name in dict.fromkeys(files) if name not in done]
         summary = BatchSummary(out, files=len(set(files)), skipped=len(set(files)) - len(todo))
         if todo:

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rows per output shard (default: %(default)s)")
     parser.add_argument("--object-store-mb", type=positive_int, default=256, metavar="MB",
                         help="shared memory of a local Ray (default: %(default)s)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="classify again the files whose rows in DIR are errors (their rows are replaced)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(handler=run)
 
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     options = BatchOptions(out_format=args.format, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                            address=args.address, files_per_task=args.files_per_task, shard_rows=args.shard_files,
-                           object_store_mb=args.object_store_mb, progress=not args.no_progress)
+                           object_store_mb=args.object_store_mb, progress=not args.no_progress,
+                           retry_errors=args.retry_errors)
     classifier = load_classifier(args.model, options.threads_per_worker)
     try:
         summary = run_batch(files, args.out, classifier, config, options)

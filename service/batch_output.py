@@ -12,8 +12,9 @@ is full or the run ends, so a finished shard is never half-written:
 - Parquet rows wait in memory until their shard is written whole; a dead
   run's ``.partial`` Parquet shard is deleted (its files are classified again).
 
-A re-run skips every file that has a row in a finished shard. One run at a
-time per folder: a lock file says so.
+A re-run skips every file that has a row in a finished shard (with
+``retry_errors``, every file whose row has no error). One run at a time per
+folder: a lock file says so.
 
 pyarrow (Parquet) is imported only when Parquet is read or written.
 """
@@ -26,7 +27,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,15 @@ def prepare(folder: Path) -> None:
         raise OutputError(f"cannot create --out {folder}: {error.strerror}") from None
 
 
-def done_files(folder: Path) -> set[str]:
-    """Files that already have a row in the folder's finished shards, after recovering a dead run's partials."""
+def done_files(folder: Path, retry_errors: bool = False) -> set[str]:
+    """Files that already have a row in the folder's finished shards, after recovering a dead run's partials.
+
+    With ``retry_errors``, error rows are first removed from their shards (each shard rewritten under
+    another name and renamed), so their files count as not done.
+    """
     _recover_partials(folder)
+    if retry_errors:
+        _drop_error_rows(folder)
     done: set[str] = set()
     for shard in sorted(folder.glob("part-*.jsonl")):
         done.update(row["file"] for row in _jsonl_rows(shard))
@@ -139,6 +146,33 @@ def _recover_partials(folder: Path) -> None:
             partial.unlink()
     for partial in folder.glob(f"part-*.parquet{PARTIAL}"):
         partial.unlink()
+
+
+def _drop_error_rows(folder: Path) -> None:
+    for shard in sorted(folder.glob("part-*.jsonl")):
+        with shard.open(encoding="utf-8") as handle:
+            lines = handle.readlines()
+        kept = [line for line in lines if (_parse(line) or {}).get("error") is None]
+        if len(kept) < len(lines):
+            _replace(shard, lambda partial: partial.write_text("".join(kept), encoding="utf-8"), bool(kept))
+    for shard in sorted(folder.glob("part-*.parquet")):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(shard)
+        kept_table = table.filter(pc.is_null(table.column("error")))
+        if kept_table.num_rows < table.num_rows:
+            _replace(shard, lambda partial: pq.write_table(kept_table, partial), kept_table.num_rows > 0)
+
+
+def _replace(shard: Path, write: Callable[[Path], None], keep: bool) -> None:
+    """Rewrite a finished shard through a temporary name, or delete it when nothing is left."""
+    if not keep:
+        shard.unlink()
+        return
+    temporary = shard.with_name(shard.name + ".rewrite")
+    write(temporary)
+    os.replace(temporary, shard)
 
 
 class ShardWriter:

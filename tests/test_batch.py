@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 from bench import batch as batch_bench
 from bench.__main__ import QUICK
 from service.batch import BatchOptions, run_batch
-from service.batch_output import OutputLock, done_files, read_rows
+from service.batch_output import OutputLock, done_files, error_row, make_writer, read_rows
 from service.batch_sources import SourceError, expand_sources
 from service.cli import build_parser, main
 from service.stream import classify_file
@@ -173,6 +173,23 @@ def test_a_rerun_classifies_only_what_is_missing(local_ray, audio_dir, tiny_mode
     assert len(list(out.glob("part-*.jsonl"))) == 1 + 3  # two runs; shards of at most 2 rows
     assert batch(audio_dir, *common) == 0  # nothing left: Ray is not even needed
     assert "files: 0 classified (0 errors), 7 already done" in capsys.readouterr().out
+    assert batch(audio_dir, *common, "--retry-errors") == 1  # they fail again, and replace their old rows
+    assert "files: 3 classified (3 errors), 4 already done" in capsys.readouterr().out
+    assert by_file(read_rows(out)) == rows
+
+
+@pytest.mark.parametrize("out_format", ["jsonl", "parquet"])
+def test_retried_errors_leave_their_shards(tmp_path, out_format):
+    good = {"file": "a.wav", "duration": 1.0, "label": "music", "probs": {"speech": 0.1, "music": 0.9, "noise": 0.0},
+            "segments": [{"start": 0.0, "end": 1.0, "label": "music", "confidence": 0.9}], "error": None}
+    writer = make_writer(out_format, tmp_path, "1", 2, ["speech", "music", "noise"])
+    for row in [good, error_row("b.wav", "corrupt"), error_row("c.wav", "empty")]:
+        writer.write(row)
+    writer.close()
+    assert done_files(tmp_path) == {"a.wav", "b.wav", "c.wav"}
+    assert done_files(tmp_path, retry_errors=True) == {"a.wav"}
+    assert [path.name for path in tmp_path.iterdir()] == [f"part-1-00000.{out_format}"]  # the other one emptied
+    assert read_rows(tmp_path) == [good]
 
 
 def test_a_dead_runs_unfinished_shard_is_kept(tmp_path):
