@@ -62,7 +62,7 @@ FEATURE_CONTRACT: dict[str, object] = {
     "layout": "frames_by_coefficients",
 }
 
-_BLOCK_FRAMES = 4096  # bounds the memory of offline extraction on long files
+_BLOCK_FRAMES = 1024  # bounds the memory of offline extraction on long files (and keeps blocks in cache)
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -111,8 +111,21 @@ def _dct_matrix() -> np.ndarray:
     return basis
 
 
+def _sparse_filterbank(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The filterbank as (FFT bin of each weight, weights, start of each band's run): each triangle covers
+    a contiguous run of bins, so ``np.add.reduceat`` over these runs gives ``power @ basis`` exactly
+    (the zeros add nothing) at about a sixteenth of the work."""
+    runs = [np.flatnonzero(basis[:, band]) for band in range(basis.shape[1])]
+    assert all(run.size and np.all(np.diff(run) == 1) for run in runs), "a mel band is not one run of bins"
+    bins = np.concatenate(runs)
+    weights = np.concatenate([basis[run, band] for band, run in enumerate(runs)])
+    starts = np.cumsum([0] + [run.size for run in runs[:-1]])
+    return bins, weights, starts
+
+
 _WINDOW = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WIN_LENGTH) / WIN_LENGTH)
 _MEL_BASIS = _mel_filterbank()
+_MEL_BINS, _MEL_WEIGHTS, _MEL_STARTS = _sparse_filterbank(_MEL_BASIS)
 _DCT = _dct_matrix()
 
 
@@ -128,9 +141,10 @@ def frames_to_mfcc(frames: np.ndarray) -> np.ndarray:
 
     The per-frame computation shared by offline and streaming extraction.
     """
-    spectrum = np.fft.rfft(frames.astype(np.float64) * _WINDOW, n=N_FFT, axis=-1)
+    spectrum = np.fft.rfft(np.multiply(frames, _WINDOW, dtype=np.float64), n=N_FFT, axis=-1)
     power = spectrum.real**2 + spectrum.imag**2
-    log_mel = 10.0 * np.log10(np.maximum(power @ _MEL_BASIS, LOG_FLOOR))
+    mel_power = np.add.reduceat(power[:, _MEL_BINS] * _MEL_WEIGHTS, _MEL_STARTS, axis=1)  # = power @ _MEL_BASIS
+    log_mel = 10.0 * np.log10(np.maximum(mel_power, LOG_FLOOR))
     return (log_mel @ _DCT).astype(np.float32)
 
 

@@ -22,6 +22,7 @@ class LabelSmoother:
         self.switch_hops = switch_hops
         self._recent: deque[np.ndarray] = deque(maxlen=median_hops)
         self.label: int | None = None
+        self.label_after: list[int] = []
         self._candidate: int | None = None
         self._wins = 0
 
@@ -35,8 +36,28 @@ class LabelSmoother:
 
         The first hop sets the label without hysteresis.
         """
-        self._recent.append(scores)
-        winner = int(np.argmax(np.median(np.stack(self._recent), axis=0)))
+        return self.update_many(np.asarray(scores)[None])[0]
+
+    def update_many(self, scores: np.ndarray) -> list[bool]:
+        """Add the scores of several hops (hops, labels) at once; for each hop, whether the label changed
+        (``label_after`` holds the label after each). The same as one ``update`` per hop."""
+        recent = len(self._recent)
+        rows = np.concatenate([np.array(self._recent).reshape(recent, scores.shape[1]), scores]) if recent else scores
+        self._recent.extend(scores[-self.median_hops :])
+        winners = []
+        for end in range(recent + 1, min(len(rows), self.median_hops - 1) + 1):  # the stream's first hops
+            winners.append(int(np.argmax(np.median(rows[:end], axis=0))))
+        full = max(len(rows) - self.median_hops + 1, 0) - max(recent + 1 - self.median_hops, 0)
+        if full > 0:
+            windows = np.lib.stride_tricks.sliding_window_view(rows, self.median_hops, axis=0)[-full:]
+            winners += np.argmax(np.median(windows, axis=-1), axis=1).tolist()
+        changes, self.label_after = [], []
+        for winner in winners:
+            changes.append(self._hysteresis(winner))
+            self.label_after.append(self.label)
+        return changes
+
+    def _hysteresis(self, winner: int) -> bool:
         if self.label is None:
             self.label = winner
             return True

@@ -390,13 +390,13 @@ class AudioStream:
         scores = np.zeros((len(ticks), len(names)))
         scores[:, :-1] = probs
         scores[silent, -1] = 1.0
+        changes = self._smoother.update_many(scores)
         events: list[Event] = []
-        for k, tick in enumerate(ticks.tolist()):
-            changed = self._smoother.update(scores[k])
-            label = self._smoother.label
+        rows = zip(ticks.tolist(), centre_ticks.tolist(), scores, probs.tolist(), self._smoother.label_after, changes)
+        for tick, centre_tick, hop_scores, hop_probs, label, changed in rows:
             if mode == "labels" or (mode == "changes" and changed):
-                events.append(LabelEvent(tick * _TICK_S, names[label], dict(zip(model_labels, probs[k].tolist()))))
-            events += self._segmenter.add(int(centre_ticks[k]) * _TICK_S, scores[k], label, changed)
+                events.append(LabelEvent(tick * _TICK_S, names[label], dict(zip(model_labels, hop_probs))))
+            events += self._segmenter.add(centre_tick * _TICK_S, hop_scores, label, changed)
         return events
 
 
