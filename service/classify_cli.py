@@ -1,8 +1,10 @@
 """``swishnet classify FILE...``: speech / music / noise / silence segments of audio files.
 
 Output formats: JSON lines (one object per file), CSV (one row per segment,
-like inaSpeechSegmenter's, with a file column) and Praat TextGrid (one
-IntervalTier per file). An unreadable file gets a one-line error on stderr
+like inaSpeechSegmenter's, with a file column), Praat TextGrid (one
+IntervalTier per file) and the stream's events as JSON lines (``--format
+events``; ``--events`` chooses label events every hop, on change only, or
+none, as WS /v1/stream's ``events`` parameter does). An unreadable file gets a one-line error on stderr
 and a non-zero exit status; the other files are still classified.
 """
 
@@ -13,12 +15,13 @@ import csv
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from service.audio import AudioError
 from service.cli import CommandError, positive_int
-from service.stream import OPTION_FIELDS, StreamConfig
+from service.stream import EVENT_MODES, OPTION_FIELDS, StreamConfig
 
 if TYPE_CHECKING:
     from service.stream import FileResult
@@ -35,9 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Classify audio files with the streaming engine and print their segments.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3, ...)")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="json",
+    parser.add_argument("--format", choices=sorted([*FORMATS, "events"]), default="json",
                         help="json: one JSON object per line and file; csv: one row per segment; "
-                             "textgrid: Praat TextGrid (default: %(default)s)")
+                             "textgrid: Praat TextGrid; events: the stream's events, one JSON object per line "
+                             "with a file key (default: %(default)s)")
+    parser.add_argument("--events", choices=EVENT_MODES, default=_DEFAULTS.events,
+                        help="with --format events: a label event every hop (labels), only when the label "
+                             "changes (changes), or segment events only (segments) (default: %(default)s)")
     parser.add_argument("--model", type=Path, metavar="PATH",
                         help="ONNX model with its .json card beside it (default: the bundled swishnet-slim)")
     parser.add_argument("--output-dir", type=Path, metavar="DIR",
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model, args.threads)
     from service.stream import classify_file  # after the model: nothing heavy before argument checks
 
+    if args.format == "events":
+        return write_events(args, classifier, replace(config, events=args.events), outputs)
     failures = written = 0
     for path in args.files:
         bar = ProgressBar(path)
@@ -91,6 +100,29 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def write_events(args: argparse.Namespace, classifier, config: StreamConfig, outputs: dict[str, Path] | None) -> int:
+    """--format events: each file's events as JSON lines, written as they come (no file is held in memory)."""
+    from service.stream import file_events
+
+    failures = 0
+    for path in args.files:
+        bar = ProgressBar(path)
+        out = sys.stdout if outputs is None else outputs[path].open("w", encoding="utf-8")
+        try:
+            for event in file_events(path, classifier, config, progress=bar):
+                out.write(json.dumps({"file": path, **event.to_dict()}) + "\n")
+        except AudioError as error:
+            print(f"swishnet: error: {path}: {error}", file=sys.stderr)
+            failures += 1
+        finally:
+            bar.close()
+            if out is sys.stdout:
+                out.flush()
+            else:
+                out.close()
+    return 1 if failures else 0
+
+
 def stream_config(args: argparse.Namespace) -> StreamConfig:
     try:
         return StreamConfig.from_options(**{name: getattr(args, name) for name in OPTION_FIELDS})
@@ -105,7 +137,7 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path] | None:
         if args.format == "textgrid" and len(args.files) > 1:
             raise CommandError("a TextGrid describes one file: give one FILE, or --output-dir for several")
         return None
-    suffix = {"json": ".json", "csv": ".csv", "textgrid": ".TextGrid"}[args.format]
+    suffix = {"json": ".json", "csv": ".csv", "textgrid": ".TextGrid", "events": ".events.jsonl"}[args.format]
     paths = {name: args.output_dir / (Path(name).stem + suffix) for name in args.files}
     if len(set(paths.values())) < len(paths):
         raise CommandError("several FILEs have the same name; their outputs in --output-dir would collide")

@@ -54,7 +54,7 @@ from service.smoothing import LabelSmoother
 
 __all__ = [
     "EVENT_MODES", "OPTION_FIELDS", "AudioStream", "Event", "FileResult", "FrameScorer", "LabelEvent",
-    "SegmentEvent", "StreamConfig", "classify_audio", "classify_file",
+    "SegmentEvent", "StreamConfig", "classify_audio", "classify_file", "file_events",
 ]
 
 WARMUP_S = 0.5  # the shortest window scored: the paper's shortest clip
@@ -499,3 +499,17 @@ def classify_file(source: AudioSource, scorer: FrameScorer, config: StreamConfig
     with open_audio(source, max_duration_s=max_duration_s) as handle:
         total_s = handle.frames / handle.samplerate
         return _run(_file_stream(scorer, config), decoded_blocks(handle, max_duration_s), total_s, file, progress)
+
+
+def file_events(source: AudioSource, scorer: FrameScorer, config: StreamConfig | None = None, *,
+                max_duration_s: float | None = None, progress: Progress | None = None) -> Iterator[Event]:
+    """The events a stream of the file gives (label events as ``config.events`` says, and segments),
+    decoded block by block as classify_file does."""
+    stream = AudioStream(scorer, config)
+    with open_audio(source, max_duration_s=max_duration_s) as handle:
+        total_s = handle.frames / handle.samplerate
+        for block in decoded_blocks(handle, max_duration_s):
+            yield from stream.push(block)
+            if progress is not None:
+                progress(stream.time_s, total_s)
+    yield from stream.flush()

@@ -186,4 +186,29 @@ def test_registered_command_loads_no_model_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     result = subprocess.run([sys.executable, "-m", "service.cli", "classify", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "--format {csv,json,textgrid}" in result.stdout
+    assert result.returncode == 0 and "--format {csv,events,json,textgrid}" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["labels", "changes", "segments"])
+def test_events_format_prints_the_stream_events(capsys, tiny_model_path, audio_files, classifier, mode):
+    wav = audio_files[0]
+    code, out, _ = classify(capsys, wav, "--model", tiny_model_path, "--format", "events", "--events", mode)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and all(event.pop("file") == str(wav) for event in events)
+    labels = [e for e in events if e["type"] == "label"]
+    segments = [e for e in events if e["type"] == "segment"]
+    assert [s["label"] for s in segments] == KINDS
+    assert segments == [dict(s.to_dict()) for s in classify_file(wav, classifier).segments]
+    hops = round((6.0 - 0.5) / 0.1) + 1
+    assert len(labels) == {"labels": hops, "changes": len(labels), "segments": 0}[mode]
+    if mode == "changes":
+        assert 3 <= len(labels) < 10 and all(a["label"] != b["label"] for a, b in zip(labels, labels[1:]))
+
+
+def test_events_format_with_an_output_dir(capsys, tiny_model_path, audio_files, tmp_path):
+    wav, _, bad = audio_files
+    code, out, err = classify(capsys, wav, bad, "--model", tiny_model_path, "--format", "events",
+                              "--events", "segments", "--output-dir", tmp_path / "out")
+    assert code == 1 and out == "" and "broken.wav" in err
+    lines = (tmp_path / "out" / "mono.events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["label"] for line in lines] == KINDS
