@@ -36,6 +36,12 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=d.threads,
                         help="torch threads; 2 helps only on an otherwise idle machine (default: %(default)s)")
     parser.add_argument("--cache", type=Path, help="feature cache directory (default: 'features' beside the corpus)")
+    parser.add_argument("--teacher", type=Path, action="append", default=[], metavar="CHECKPOINT",
+                        help="distil from this trained checkpoint (repeat for an ensemble: their probabilities "
+                        "are averaged); the loss is 90 %% soft targets, 10 %% hard labels, as in the paper")
+    parser.add_argument("--package-floor", type=float, default=d.package_floor,
+                        help="selection penalises a model whose worst validation package scores below this "
+                        "percentage (default: %(default)s)")
     parser.set_defaults(handler=_train)
 
 
@@ -55,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed, resume=args.resume, batch_size=args.batch_size, learning_rate=args.lr,
         windows_per_class=args.windows_per_class, variants=args.variants,
         workers=args.workers, threads=args.threads, cache=args.cache,
+        teachers=tuple(str(path) for path in args.teacher), package_floor=args.package_floor,
     )
     train(options)
     return 0

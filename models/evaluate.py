@@ -4,7 +4,10 @@ Clip classification: from every clip, up to ``MAX_WINDOWS_PER_CLIP``
 non-overlapping windows of 0.5, 1 and 2 s, drawn with a seeded generator from
 the positions where at least half the frames are not silence (the paper
 removed silence; a long track cannot dominate). Each window is scored as the
-model would be at run time: raw MFCCs in, ``probs`` out. Every metric is
+engine scores it at run time: every frame of the clip gets its causal logits
+with the full history before it (the clip is a stream), and a window's
+decision is the softmax of the mean logits of its non-silent frames
+(``models.pool.frame_activity``, the runtime's default silence rule). Every metric is
 computed three times: on the clean audio, through an 8 kHz telephone channel
 (300 to 3400 Hz), and through a low-bitrate CBR MP3 round trip.
 
@@ -34,13 +37,13 @@ import scipy.ndimage
 from models.augment import EVAL_MP3_COMPRESSION, active_frames, mp3_round_trip, set_level, telephone
 from models.dataset import Clip, CorpusError, read_manifest, select
 from models.metrics import classification_report
-from models.pool import parallel_map
+from models.pool import frame_activity, parallel_map
 from models.labels import LABELS
 from service.audio import load_audio
 from service.cli import CommandError
 from service.events import LabelEvent, SegmentEvent
-from service.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, mfcc, n_frames
-from service.inference import open_session, predict_windows
+from service.features import HOP_LENGTH, N_MFCC, SAMPLE_RATE, WIN_LENGTH, mfcc, n_frames
+from service.inference import open_session, pooled_probs, predict_windows, session_frame_logits
 from service.stream import AudioStream, Decision, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -56,20 +59,20 @@ SEGMENT_LEVEL_DBFS = (-35.0, -15.0)
 SEGMENTS_PER_SEQUENCE = 10
 SEQUENCES = 24
 NOT_SCORED = -1  # frame label of silence (truth) or of a silent decision (prediction)
-SCORE_BATCH = 1024
 
 
 class Scorer(Protocol):
     """What evaluation scores: the interface of service.inference.Classifier, so the engine can run it."""
 
     labels: tuple[str, ...]
+    receptive_field_frames: int
 
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        """(batch, frames, N_MFCC) raw MFCCs -> (batch, classes) probabilities."""
+    def frame_logits(self, frames: np.ndarray) -> np.ndarray:
+        """(batch, frames, N_MFCC) raw MFCCs -> (batch, frames, classes) causal logits."""
 
 
 class TorchScorer:
-    """A checkpoint, scored like its exported model: softmax of the time-pooled logits."""
+    """A checkpoint, scored like its exported model."""
 
     labels = LABELS
 
@@ -77,11 +80,16 @@ class TorchScorer:
         import torch
 
         self.torch, self.model = torch, model.eval()
+        self.receptive_field_frames = model.config.receptive_field
+
+    def frame_logits(self, frames: np.ndarray) -> np.ndarray:
+        channels_first = self.torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 2, 1), dtype=np.float32))
+        with self.torch.no_grad():
+            return self.model.frame_logits(channels_first).numpy()
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        channels_first = self.torch.from_numpy(np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32))
-        with self.torch.no_grad():
-            return self.torch.softmax(self.model(channels_first), dim=-1).numpy()
+        """Probabilities of whole windows scored without left context (the network's own pooling)."""
+        return pooled_probs(self.frame_logits(windows))
 
 
 class OnnxScorer:
@@ -91,9 +99,22 @@ class OnnxScorer:
 
     def __init__(self, path: Path, threads: int = 2) -> None:
         self.session = open_session(Path(path), Path(path).read_bytes(), threads)
+        self.receptive_field_frames = receptive_field(self)
+
+    def frame_logits(self, frames: np.ndarray) -> np.ndarray:
+        return session_frame_logits(self.session, frames)
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         return predict_windows(self.session, windows)
+
+
+def receptive_field(scorer, probe_frames: int = 400) -> int:
+    """Frames one output sees, measured: how far a change of the first input frame reaches."""
+    quiet = np.zeros((1, probe_frames, N_MFCC), dtype=np.float32)
+    changed = quiet.copy()
+    changed[0, 0] = 10.0
+    reach = np.flatnonzero(np.abs(scorer.frame_logits(changed) - scorer.frame_logits(quiet))[0].max(axis=1) > 1e-6)
+    return int(reach[-1]) + 1 if reach.size else 1
 
 
 def load_scorer(path: Path) -> Scorer:
@@ -108,18 +129,13 @@ def load_scorer(path: Path) -> Scorer:
     return TorchScorer(load_checkpoint(path)[0])
 
 
-def batched_probs(scorer: Scorer, windows: np.ndarray) -> np.ndarray:
-    """``scorer.predict`` in batches of at most SCORE_BATCH windows."""
-    return np.concatenate([scorer.predict(windows[i : i + SCORE_BATCH])
-                           for i in range(0, len(windows), SCORE_BATCH)])
-
-
 @dataclass(frozen=True)
 class ClipFeatures:
     """One clip's MFCCs under each condition, its non-silent frames, and bytes per second of its MP3."""
 
     features: dict  # condition -> (frames, N_MFCC)
-    active: np.ndarray
+    active: np.ndarray  # frames not silent relative to the clip (where windows are drawn)
+    audible: np.ndarray  # frames the runtime would not call silent (what a decision pools)
     mp3_bytes_per_s: float
 
 
@@ -128,7 +144,7 @@ def clip_features(clip: Clip) -> ClipFeatures:
     audio = load_audio(clip.path)
     coded, size = mp3_round_trip(audio, EVAL_MP3_COMPRESSION)
     features = {"clean": mfcc(audio), "telephone": mfcc(telephone(audio)), "mp3": mfcc(coded)}
-    return ClipFeatures(features, active_frames(audio), size / (audio.size / SAMPLE_RATE))
+    return ClipFeatures(features, active_frames(audio), frame_activity(audio), size / (audio.size / SAMPLE_RATE))
 
 
 def window_starts(active: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -144,20 +160,41 @@ def length_key(length_s: float) -> str:
     return f"{length_s:g}s"
 
 
+def window_decisions(logits: np.ndarray, audible: np.ndarray, starts: np.ndarray, frames: int) -> np.ndarray:
+    """Class index of each window ``[start, start + frames)``: argmax of the mean logits of its audible
+    frames (of all its frames when none is audible), as the engine decides."""
+    decisions = []
+    for start in starts:
+        weights = audible[start : start + frames].astype(np.float64)
+        if not weights.any():
+            weights = np.ones(frames)
+        decisions.append(int(np.argmax(weights @ logits[start : start + frames])))
+    return np.array(decisions, dtype=np.int64)
+
+
 def clip_classification(scorer: Scorer, clips: list[Clip], prepared: list[ClipFeatures], seed: int) -> dict:
     """Classification reports per window length and condition (see the module docstring)."""
-    result = {}
+    picks = {}
     for length_s in LENGTHS_S:
         frames = n_frames(int(length_s * SAMPLE_RATE))
         rng = np.random.default_rng([seed, int(length_s * 1000)])
-        picks = [(i, s) for i, clip in enumerate(prepared) for s in window_starts(clip.active, frames, rng)]
-        if not picks:
+        picks[length_s] = [window_starts(clip.active, frames, rng) for clip in prepared]
+        if not any(len(starts) for starts in picks[length_s]):
             raise CorpusError(f"no clip has {length_s:g} s of non-silent audio; the split is too small to evaluate")
-        labels = np.array([clips[i].label for i, _ in picks])
-        packages = np.array([clips[i].package for i, _ in picks])
+    predicted = {(length_s, condition): [] for length_s in LENGTHS_S for condition in CONDITIONS}
+    for index, clip in enumerate(prepared):
+        for condition in CONDITIONS:
+            logits = scorer.frame_logits(clip.features[condition][None])[0].astype(np.float64)
+            for length_s in LENGTHS_S:
+                starts = picks[length_s][index]
+                predicted[length_s, condition].append(window_decisions(
+                    logits, clip.audible, starts, n_frames(int(length_s * SAMPLE_RATE))))
+    result = {}
+    for length_s in LENGTHS_S:
+        labels = np.concatenate([np.full(len(s), clips[i].label) for i, s in enumerate(picks[length_s])])
+        packages = np.concatenate([np.full(len(s), clips[i].package) for i, s in enumerate(picks[length_s])])
         result[length_key(length_s)] = {
-            condition: classification_report(labels, batched_probs(scorer, np.stack(
-                [prepared[i].features[condition][s : s + frames] for i, s in picks])).argmax(axis=1), packages)
+            condition: classification_report(labels, np.concatenate(predicted[length_s, condition]), packages)
             for condition in CONDITIONS
         }
     return result

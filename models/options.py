@@ -22,6 +22,10 @@ class TrainOptions:
     variants: int = 8
     val_windows_per_class: int = 1_000
     label_smoothing: float = 0.05
+    package_floor: float = 60.0  # percent: selection penalises a validation package scored below this
+    teachers: tuple[str, ...] = ()  # checkpoints whose mean soft targets the model is distilled towards
+    distill_weight: float = 0.9  # the paper: 90 % soft targets, 10 % hard labels
+    distill_temperature: float = 2.0
     restart_epochs: int = 10
     restart_mult: int = 2
     workers: int = 2

@@ -17,7 +17,7 @@ Choices the paper leaves open, made here:
 
 Every convolution is padded on the left only: frame ``t`` of any output depends
 on input frames ``<= t``. That makes right padding harmless, which training
-uses to batch windows of different lengths (see ``masked_mean``).
+uses to batch windows of different lengths (see ``pooled_mean``).
 """
 
 from __future__ import annotations
@@ -164,14 +164,14 @@ class SwishNet(nn.Module):
         return self.frame_logits(mfcc).mean(dim=1)
 
 
-def masked_mean(frame_logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Pool (batch, frames, classes) logits over each row's first ``lengths`` frames.
+def pooled_mean(frame_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Pool (batch, frames, classes) logits with (batch, frames) weights: 1 on the frames a window
+    decision averages (its own non-silent frames), 0 on left context, silence and right padding.
 
-    Because the network is causal, this equals ``forward`` on the unpadded rows.
+    Because the network is causal, right padding never changes the other frames' logits.
     """
-    frames = torch.arange(frame_logits.shape[1], device=frame_logits.device)
-    mask = (frames[None, :] < lengths[:, None]).to(frame_logits.dtype)
-    return (frame_logits * mask[:, :, None]).sum(dim=1) / lengths[:, None].to(frame_logits.dtype)
+    weights = weights.to(frame_logits.dtype)
+    return (frame_logits * weights[:, :, None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 def parameter_count(model: nn.Module) -> int:

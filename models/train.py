@@ -5,10 +5,11 @@ each batch cropped to its own random length of 0.5 to 2 s. Classes are
 balanced by sampling, so the loss needs no class weights; light label
 smoothing keeps the tiny network from chasing the label noise of game audio.
 
-Model selection (best.pt) uses the mean of two balanced
-accuracies (mean per-class recall) on fixed validation windows: clean, and
-the same windows through an 8 kHz telephone channel. The telephone half
-punishes a model that leans on bandwidth to tell speech from the rest.
+Model selection (best.pt) uses the mean of three balanced
+accuracies (mean per-class recall) on fixed validation windows: clean, the
+same windows through an 8 kHz telephone channel, and through a low-bitrate
+MP3. The channel terms punish a model that leans on bandwidth to tell the
+classes apart. Windows carry their left context (models.pool), as a stream has.
 Early stopping fits the warm restarts: training stops at the end of a cosine
 cycle that did not beat the best score of the cycles before it (mid-cycle,
 right after a restart, scores dip by design).
@@ -36,13 +37,13 @@ from models.metrics import balanced_accuracy
 from models.pool import NoiseBank, PoolSpec, WindowSet, crop_batch, load_or_build, training_batches
 from models.options import TrainOptions
 from models.labels import LABELS
-from models.swishnet import SwishNet, SwishNetConfig, masked_mean, parameter_count
+from models.swishnet import SwishNet, SwishNetConfig, parameter_count, pooled_mean
 from service.cli import CommandError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-VALIDATION_CHANNELS = ("clean", "telephone")
+VALIDATION_CHANNELS = ("clean", "telephone", "mp3")
 
 
 @dataclass
@@ -88,10 +89,13 @@ def feature_statistics(windows: WindowSet) -> tuple[np.ndarray, np.ndarray]:
     return frames.mean(axis=0), frames.std(axis=0)
 
 
-def validate(model: SwishNet, validation: dict[str, WindowSet], seed: int) -> dict[str, float]:
-    """Balanced accuracy (percent) per validation channel on fixed random crops, and their mean."""
+def validate(model: SwishNet, validation: dict[str, WindowSet], seed: int, package_floor: float = 0.0
+             ) -> dict[str, float]:
+    """Balanced accuracy (percent) per validation channel on fixed random crops, their mean, the worst
+    package's accuracy (over all channels), and the selection score: the mean, less how far the worst
+    package falls below ``package_floor`` (so a model that fails one source outright is not picked)."""
     model.eval()
-    scores = {}
+    scores, hits = {}, {}
     for channel, windows in validation.items():
         rng = np.random.default_rng([seed, 99])  # the same crops every epoch, and for every channel
         targets = rng.integers(WINDOW_MIN_FRAMES, WINDOW_MAX_FRAMES + 1, size=len(windows))
@@ -99,11 +103,19 @@ def validate(model: SwishNet, validation: dict[str, WindowSet], seed: int) -> di
         with torch.no_grad():
             for start in range(0, len(windows), 512):
                 index = np.arange(start, min(start + 512, len(windows)))
-                features, lengths = crop_batch(windows, index, targets[index], rng)
-                logits = masked_mean(model.frame_logits(torch.from_numpy(features)), torch.from_numpy(lengths))
+                features, weights = crop_batch(windows, index, targets[index], rng)
+                logits = pooled_mean(model.frame_logits(torch.from_numpy(features)), torch.from_numpy(weights))
                 predictions.append(logits.argmax(dim=1).numpy())
-        scores[channel] = round(100.0 * balanced_accuracy(windows.labels, np.concatenate(predictions)), 3)
-    scores["score"] = round(float(np.mean([scores[c] for c in validation])), 3)
+        predicted = np.concatenate(predictions)
+        scores[channel] = round(100.0 * balanced_accuracy(windows.labels, predicted), 3)
+        for package in np.unique(windows.packages):
+            chosen = windows.packages == package
+            hits.setdefault(str(package), []).append(np.mean(predicted[chosen] == windows.labels[chosen]))
+    mean = float(np.mean([scores[c] for c in validation]))
+    worst = min(hits, key=lambda p: np.mean(hits[p]))
+    scores["worst_package"], scores["worst_package_accuracy"] = worst, round(100.0 * float(np.mean(hits[worst])), 3)
+    scores["mean"] = round(mean, 3)
+    scores["score"] = round(mean - max(0.0, package_floor - scores["worst_package_accuracy"]), 3)
     return scores
 
 
@@ -119,7 +131,7 @@ class RunState:
 
 
 RESUME_MUST_MATCH = ("arch", "dilations", "seed", "batch_size", "windows_per_class", "variants",
-                     "val_windows_per_class")
+                     "val_windows_per_class", "teachers")
 
 
 def _check_run_dir(options: TrainOptions) -> Path:
@@ -159,7 +171,8 @@ def training_info(options: TrainOptions, data: Data, state: RunState) -> dict:
         "best_epoch": state.best_epoch,
         "train_minutes": round(state.train_seconds / 60, 1),
         "window_s": [WINDOW_MIN_S, WINDOW_MAX_S],
-        "validation": {key: best.get(key) for key in (*VALIDATION_CHANNELS, "score")},
+        "validation": {key: best.get(key) for key in (*VALIDATION_CHANNELS, "mean", "worst_package",
+                                                      "worst_package_accuracy", "score")},
         "augmentation": asdict(data.spec.augment),
         "sampling": asdict(data.spec.sampling),
         "options": options.to_dict(),
@@ -182,8 +195,28 @@ def _save_checkpoints(model: SwishNet, optimizer: torch.optim.Optimizer, options
     _save({**payload, "optimizer": optimizer.state_dict()}, Path(options.out) / "last.pt")
 
 
+def load_teachers(options: TrainOptions) -> list[SwishNet]:
+    from models.swishnet import load_checkpoint
+
+    return [load_checkpoint(path)[0] for path in options.teachers]
+
+
+def distillation_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, features: torch.Tensor,
+                      teachers: list[SwishNet], options: TrainOptions) -> torch.Tensor:
+    """Cross-entropy to the labels, or with teachers, mixed with KL to their mean soft targets (paper, Sec. 3)."""
+    hard = F.cross_entropy(logits, target, label_smoothing=options.label_smoothing)
+    if not teachers:
+        return hard
+    temperature = options.distill_temperature
+    with torch.no_grad():
+        soft = torch.stack([F.softmax(pooled_mean(t.frame_logits(features), weights) / temperature, dim=1)
+                            for t in teachers]).mean(dim=0)
+    kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
+    return options.distill_weight * kl + (1 - options.distill_weight) * hard
+
+
 def run_epoch(model: SwishNet, optimizer: torch.optim.Optimizer, scheduler, windows: WindowSet, epoch: int,
-              options: TrainOptions, deadline: float | None) -> dict:
+              options: TrainOptions, deadline: float | None, teachers: list[SwishNet] | None = None) -> dict:
     """Train on one variant; stops early (``partial``) when the time budget runs out."""
     model.train()
     rng = np.random.default_rng([options.seed, epoch])
@@ -191,11 +224,11 @@ def run_epoch(model: SwishNet, optimizer: torch.optim.Optimizer, scheduler, wind
     batches = tqdm(training_batches(windows, options.batch_size, rng), total=n_batches, leave=False,
                    desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch")
     loss_sum, correct, seen, started, partial = 0.0, 0, 0, time.monotonic(), False
-    for step, (features, lengths, labels) in enumerate(batches):
+    for step, (features, weights, labels) in enumerate(batches):
         scheduler.step(epoch + step / n_batches)
-        target = torch.from_numpy(labels)
-        logits = masked_mean(model.frame_logits(torch.from_numpy(features)), torch.from_numpy(lengths))
-        loss = F.cross_entropy(logits, target, label_smoothing=options.label_smoothing)
+        target, features, weights = torch.from_numpy(labels), torch.from_numpy(features), torch.from_numpy(weights)
+        logits = pooled_mean(model.frame_logits(features), weights)
+        loss = distillation_loss(logits, target, weights, features, teachers or [], options)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -244,6 +277,7 @@ def train(options: TrainOptions) -> RunState:
     with threadpool_limits(1, user_api="blas"):  # numpy work here is small; torch owns the cores
         data = prepare_data(options)
         model, optimizer, scheduler, state = _build(options, data, last)
+        teachers = load_teachers(options)
         log.info("SwishNet-%s, %d parameters; data ready after %.1f min", options.arch, parameter_count(model),
                  (time.monotonic() - started) / 60)
         while state.epoch < options.epochs and not _stalled(state, options):
@@ -253,13 +287,14 @@ def train(options: TrainOptions) -> RunState:
                 break
             epoch_started = time.monotonic()
             windows = training_variant(data, options, state.epoch % options.variants)
-            record = run_epoch(model, optimizer, scheduler, windows, state.epoch, options, deadline)
-            record.update(validate(model, data.validation, options.seed))
+            record = run_epoch(model, optimizer, scheduler, windows, state.epoch, options, deadline, teachers)
+            record.update(validate(model, data.validation, options.seed, options.package_floor))
             record["seconds"] = round(time.monotonic() - epoch_started, 1)
             improved = _advance(state, record)
             _save_checkpoints(model, optimizer, options, data, state, improved)
             log.info("epoch %(epoch)d: loss %(train_loss).3f, train %(train_accuracy).1f %%, val clean %(clean).1f %%"
-                     ", telephone %(telephone).1f %%, %(windows_per_second).0f windows/s, %(seconds).0f s", record)
+                     ", telephone %(telephone).1f %%, mp3 %(mp3).1f %%, %(windows_per_second).0f windows/s, "
+                     "%(seconds).0f s", record)
             if record["partial"]:
                 break
     log.info("best validation score %.2f %% at epoch %d; checkpoints in %s", state.best_score, state.best_epoch,

@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.swishnet import (LABELS, CheckpointError, GatedBlock, SwishNet, SwishNetConfig, build,  # noqa: E402
-                             gate, load_checkpoint, masked_mean, parameter_count)
+                             gate, load_checkpoint, parameter_count, pooled_mean)
 
 
 def random_mfcc(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
@@ -61,13 +61,16 @@ def test_future_frames_never_change_past_outputs(model):
     assert not torch.allclose(before[:, 70:], after[:, 70:])
 
 
-def test_masked_mean_equals_the_unpadded_forward(model):
+def test_pooled_mean_averages_only_the_weighted_frames_with_their_left_context(model):
     x = random_mfcc(2, 90)
-    lengths = torch.tensor([90, 37])
+    weights = torch.zeros(2, 90)
+    weights[0] = 1.0  # the whole row
+    weights[1, 30:67] = 1.0  # frames 30-66, seen with 30 frames of context; 67+ is right padding
     with torch.no_grad():
-        pooled = masked_mean(model.frame_logits(x), lengths)
+        pooled = pooled_mean(model.frame_logits(x), weights)
         torch.testing.assert_close(pooled[0], model(x[:1])[0])
-        torch.testing.assert_close(pooled[1], model(x[1:, :, :37])[0])
+        torch.testing.assert_close(pooled[1], model.frame_logits(x[1:, :, :67])[0, 30:].mean(dim=0))
+        assert not torch.allclose(pooled[1], model(x[1:, :, 30:67])[0])  # the context matters
 
 
 def test_normalisation_is_a_buffer_inside_the_model():

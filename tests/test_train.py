@@ -13,13 +13,14 @@ torch = pytest.importorskip("torch")
 from models import augment as A  # noqa: E402
 from models.card import CARD_KEYS, card_for_model, write_card  # noqa: E402
 from models.dataset import (WINDOW_MAX_SAMPLES, CorpusError, SamplingConfig, cap_shares, plan_windows,  # noqa: E402
-                            read_manifest, select)
+                            read_manifest, read_segment, select)
 from models.evaluate import CONDITIONS, engine_frames, evaluate, make_sequences, window_starts  # noqa: E402
 from models.options import TrainOptions  # noqa: E402
-from models.pool import PoolSpec, crop_batch, load_or_build  # noqa: E402
+from models.pool import (CONTEXT_FRAMES, CONTEXT_SAMPLES, PoolSpec, WindowSet, WindowTask,  # noqa: E402
+                         crop_batch, load_or_build, make_window)
 from models.train import RunState, _out_of_time, _stalled, cycle_ends, train  # noqa: E402
 from service.cli import CommandError  # noqa: E402
-from service.features import SAMPLE_RATE, mfcc  # noqa: E402
+from service.features import SAMPLE_RATE, mfcc, n_frames  # noqa: E402
 from service.stream import StreamConfig  # noqa: E402
 from tests.conftest import make_signal  # noqa: E402
 from tests.fake_corpus import make_corpus  # noqa: E402
@@ -110,6 +111,26 @@ def test_augment_sets_level_and_never_changes_length():
         assert config.level_dbfs[0] - 0.5 <= A.active_rms_db(out) <= config.level_dbfs[1] + 0.5
 
 
+@pytest.mark.parametrize("codec", ["none", "ULAW", "ALAW", "GSM610", "OPUS"])
+def test_the_telephone_chain_keeps_length_and_removes_the_high_band(codec):
+    audio = make_signal("music", seconds=1.0, seed=4)
+    out = A.telephone(audio, through_8k=True, codec=codec)
+    assert out.shape == audio.shape and np.all(np.isfinite(out))
+    spectrum = np.abs(np.fft.rfft(out)) ** 2
+    high = spectrum[np.fft.rfftfreq(out.size, 1 / SAMPLE_RATE) > 4200].sum()
+    assert high < 1e-3 * spectrum.sum() and spectrum.sum() > 0
+
+
+def test_reverb_and_clipping_keep_length_and_do_what_they_say():
+    rng = np.random.default_rng(0)
+    click = np.zeros(SAMPLE_RATE, np.float32)
+    click[100] = 0.5
+    tail = A.reverb(click, rt60_s=0.5, wet=0.5, rng=rng)
+    assert tail.shape == click.shape and np.abs(tail[4000:6000]).max() > 1e-4  # energy 0.25 s later
+    clipped = A.clip(make_signal("speech", 0.5, seed=1), gain_db=12.0)
+    assert np.abs(clipped).max() == 1.0 and np.mean(np.abs(clipped) == 1.0) > 0.01
+
+
 def test_silence_is_not_active():
     audio = np.concatenate([make_signal("speech", 0.5), np.zeros(8000, np.float32)])
     active = A.active_frames(audio)
@@ -125,10 +146,29 @@ def test_pool_is_cached_and_deterministic(corpus, tmp_path):
     np.testing.assert_array_equal(first.features, again.features)
     rebuilt = load_or_build(spec, clips, None, 0, 0, tmp_path / "other", "digest")
     np.testing.assert_array_equal(first.features, rebuilt.features)
-    features, lengths = crop_batch(first, np.arange(len(first)), 40, np.random.default_rng(0))
-    assert features.shape == (len(first), 20, lengths.max()) and lengths.max() <= 40
+    features, weights = crop_batch(first, np.arange(len(first)), 40, np.random.default_rng(0))
+    assert features.shape[:2] == (len(first), 20) and weights.shape == (len(first), features.shape[2])
+    assert weights.sum(axis=1).max() <= 40 and weights.sum(axis=1).min() >= 1
     with pytest.raises(ValueError, match="channel"):
         PoolSpec("val", "radio", 8, seed=3)
+
+
+def test_windows_carry_left_context_that_is_never_pooled(corpus):
+    clip = next(c for c in select(read_manifest(corpus), "train") if c.duration_s >= 3.0)
+    start, length = 2 * SAMPLE_RATE, SAMPLE_RATE // 2  # 2 s in: a full CONTEXT_S of context exists
+    task = WindowTask(clip.path, start, length, CONTEXT_SAMPLES, int(clip.duration_s * SAMPLE_RATE), clip.label,
+                      [1], "clean")
+    features, frames, context, active = make_window(task)
+    assert context == CONTEXT_FRAMES and frames == n_frames(CONTEXT_SAMPLES + length)
+    expected = mfcc(read_segment(clip.path, start - CONTEXT_SAMPLES, CONTEXT_SAMPLES + length))
+    np.testing.assert_allclose(features[:frames].astype(np.float32), expected, rtol=2e-3, atol=2e-2)
+    windows = WindowSet(features[None], np.array([frames]), np.array([clip.label]), np.array([context]),
+                        active[None], np.array([clip.package]))
+    batch, weights = crop_batch(windows, np.array([0]), 30, np.random.default_rng(0))
+    assert weights[0, :CONTEXT_FRAMES].sum() == 0 and 1 <= weights[0].sum() <= 30  # context: seen, not pooled
+    silent = WindowSet(features[None], np.array([frames]), np.array([clip.label]), np.array([context]),
+                       np.zeros_like(active)[None], np.array([clip.package]))
+    assert crop_batch(silent, np.array([0]), 30, np.random.default_rng(0))[1].sum() == 30  # all silent: pool all
 
 
 def test_training_lowers_the_loss_and_writes_checkpoints(trained):
@@ -205,14 +245,15 @@ class ToneOrHiss:
     """A stand-in model: music for harmonic tones, noise for white noise, told apart by the first cepstral slope."""
 
     labels = ("speech", "music", "noise")
+    receptive_field_frames = 1
 
     def __init__(self) -> None:
         music, noise = (mfcc(make_signal(kind, 2.0))[:, 1].mean() for kind in ("music", "noise"))
         self.threshold, self.music_above = (music + noise) / 2, music > noise
 
-    def predict(self, windows: np.ndarray) -> np.ndarray:
-        music = (windows[:, :, 1].mean(axis=1) > self.threshold) == self.music_above
-        return np.stack([np.zeros(music.size), music, ~music], axis=1).astype(np.float32)
+    def frame_logits(self, frames: np.ndarray) -> np.ndarray:
+        music = ((frames[:, :, 1] > self.threshold) == self.music_above).astype(np.float32)
+        return np.stack([np.full_like(music, -5.0), 5.0 * music, 5.0 * (1 - music)], axis=2)
 
 
 def test_segmentation_dates_decisions_like_the_engine():
