@@ -279,6 +279,29 @@ def test_evaluation_sampling_is_seeded(corpus):
     assert set(np.unique(one[1])) <= {-1, 0, 1, 2}
 
 
+def test_distillation_pulls_towards_the_teachers_soft_targets(trained, tmp_path):
+    from models.swishnet import load_checkpoint, pooled_mean
+    from models.train import distillation_loss
+
+    options, _ = trained
+    teacher = load_checkpoint(options.out / "best.pt")[0]
+    features = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 20, 60)).astype(np.float32))
+    weights, target = torch.ones(4, 60), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        own = pooled_mean(teacher.frame_logits(features), weights)
+        pure = replace(options, distill_weight=1.0)
+        assert distillation_loss(own, target, weights, features, [teacher], pure).item() == pytest.approx(0, abs=1e-6)
+        far = own + torch.tensor([5.0, -5.0, 0.0])
+        assert distillation_loss(far, target, weights, features, [teacher], pure).item() > 0.5
+        hard = torch.nn.functional.cross_entropy(own, target, label_smoothing=options.label_smoothing)
+        assert distillation_loss(own, target, weights, features, [], options).item() == pytest.approx(hard.item())
+    student = replace(options, out=tmp_path / "student", epochs=1, teachers=(str(options.out / "best.pt"),))
+    assert train(student).epoch == 1
+    saved = torch.load(tmp_path / "student" / "best.pt", weights_only=True)
+    assert saved["options"]["teachers"] == [str(options.out / "best.pt")] or saved["options"]["teachers"] == (
+        str(options.out / "best.pt"),)
+
+
 def test_dilations_option_parses_and_travels_with_the_checkpoint(trained, tmp_path):
     import argparse
 
