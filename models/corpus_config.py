@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -151,9 +151,10 @@ def load_sources(path: Path = DEFAULT_SOURCES_FILE) -> SourcesFile:
     except (OSError, yaml.YAMLError) as error:
         raise CorpusError(f"cannot read sources file {path}: {error}") from None
     reserved = frozenset(document.get("reserved") or ())
+    refused_members = tuple(document.get("reserved_members") or ())
     sources: dict[str, Source] = {}
     for entry in document.get("sources") or ():
-        source = _parse_source(entry)
+        source = _refuse_members(_parse_source(entry), refused_members)
         if source.package in sources:
             raise CorpusError(f"{path}: package {source.package} is listed twice; list each package once")
         sources[source.package] = source
@@ -207,6 +208,12 @@ def _parse_source(entry: Mapping) -> Source:
         raise CorpusError(f"{package}: style must be one of {STYLES}, got {entry.get('style')!r}")
     return Source(package, entry["split"], entry["licence"], tuple(parts), entry.get("group", package),
                   entry.get("style", ""))
+
+
+def _refuse_members(source: Source, globs: tuple[str, ...]) -> Source:
+    """Every part of ``source`` also excludes the members that hold reserved recordings."""
+    parts = tuple(replace(part, exclude=part.exclude + globs) for part in source.parts)
+    return replace(source, parts=parts)
 
 
 def _check_groups(sources: Iterable[Source]) -> None:

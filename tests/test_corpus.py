@@ -230,6 +230,12 @@ def test_real_sources_file_keeps_groups_in_one_split_and_every_class_in_every_sp
     assert not set(sources.sources) & sources.reserved
     covered = {(part.label, s.split) for s in sources.sources.values() for part in s.parts}
     assert covered == {(label, split) for label in LABELS for split in SPLITS}
+    rules = sources.settings.split_rules
+    for split in ("val", "test"):
+        for label in LABELS:
+            packages = {s.package for s in sources.sources.values() if s.split == split
+                        for part in s.parts if part.label == label}
+            assert len(packages) >= rules.min_packages, (split, label, packages)
     split_of_group = {}
     for source in sources.sources.values():
         assert split_of_group.setdefault(source.group, source.split) == source.split
@@ -240,6 +246,24 @@ def test_first_matching_part_labels_a_member():
     assert source.label_of("usr/share/tuxpaint/stamps/animals/cat_desc_fr.ogg") == "speech"
     assert source.label_of("usr/share/tuxpaint/stamps/animals/cat.ogg") == "noise"
     assert source.label_of("usr/share/tuxpaint/stamps/animals/cat.png") is None
+
+
+def test_reserved_recordings_inside_other_packages_are_never_taken(tmp_path):
+    path = write_sources(tmp_path, """
+reserved: [0ad-data]
+reserved_members: ["*/sounds/0ad/*"]
+sources:
+  - package: cube-like
+    split: train
+    licence: zlib
+    parts:
+      - {label: noise, include: ["*.ogg"]}
+""")
+    source = load_sources(path).sources["cube-like"]
+    assert source.label_of("usr/share/cube/packages/sounds/0ad/cavalry_attack.ogg") is None
+    assert source.label_of("usr/share/cube/packages/sounds/q009/explosion.ogg") == "noise"
+    real = load_sources()
+    assert all("*/sounds/0ad/*" in part.exclude for s in real.sources.values() for part in s.parts)
 
 
 @pytest.mark.parametrize("names", [["0ad-data"], ["kajongg", "beneath-a-steel-sky"]])
