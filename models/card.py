@@ -25,6 +25,13 @@ CARD_KEYS = ("name", "architecture", "labels", "features", "input", "output", "w
 LICENCE = ("Code: MIT. Weights: trained on audio from Debian main packages and Flight of the Amazon Queen "
            "(freeware); every source's licence is in the corpus manifest (training.manifest_sha256), hours per "
            "licence in training.corpus.licence_hours.")
+WINDOW_DECISION = (
+    "Every frame is scored once, causally, with the frames before it as left context (in training, "
+    "windows carry up to 1.2 s of context, more than the receptive field). A window's decision is the "
+    "softmax of the mean logits of its non-silent frames; a frame is silent when the 0.1 s of audio "
+    "around it is below -50 dBFS RMS (the runtime's default silence_threshold_db and hop), and a window "
+    "whose frames are all silent averages all of them. At run time the hop is labelled silence when the "
+    "window's middle frame is silent, whatever the network says.")
 PAPER = {  # SWISHNET.md: published clip accuracy, overall / speech-vs-non-speech, on MUSAN
     "slim": {"0.5s": (97.64, 99.24), "1s": (98.20, 99.60), "2s": (98.41, 99.76), "segmentation": 93.26},
     "wide": {"0.5s": (98.05, 99.45), "1s": (98.54, 99.71), "2s": (98.92, 99.84), "segmentation": 94.11},
@@ -45,6 +52,7 @@ def base_card(name: str, config: "SwishNetConfig", parameters: int, training: di
         "output_description": "softmax of the time-pooled logits, in the order of 'labels'; float32 (batch, 3)",
         "window_s": (training or {}).get("window_s", [0.5, 2.0]),
         "receptive_field_frames": config.receptive_field,
+        "window_decision": WINDOW_DECISION,
         "stack_dilations": list(config.stack_dilations),
         "parameters": int(parameters),
         "training": training,
@@ -133,6 +141,18 @@ def _metrics_section(card: dict) -> list[str]:
     return lines
 
 
+def _corpus_table(corpus: dict) -> list[str]:
+    """Hours, real hours, band-music hours and package counts per split and class (corpus v2 summaries)."""
+    rows = [(split, label, figures) for split, classes in corpus.items() if isinstance(classes, dict)
+            for label, figures in classes.items() if isinstance(figures, dict) and "real_hours" in figures]
+    if not rows:
+        return []
+    lines = [_row(["split", "class", "hours", "real hours", "band hours", "packages"]), _row(["---"] * 6)]
+    lines += [_row([split, label, f["hours"], f["real_hours"], f.get("band_hours", 0), len(f["packages"])])
+              for split, label, f in rows]
+    return ["Corpus:", ""] + lines + [""]
+
+
 def card_markdown(card: dict) -> str:
     """A readable rendering of the card: identity, metrics, training."""
     training = card.get("training") or {}
@@ -141,7 +161,11 @@ def card_markdown(card: dict) -> str:
              f"input `{card['input']}` (batch, 20, frames), output `{card['output']}` (batch, 3).", ""]
     if card.get("onnx_sha256"):
         lines += [f"ONNX opset {card.get('opset')}, sha256 `{card['onnx_sha256']}`.", ""]
-    lines += ["## Metrics", ""] + _metrics_section(card) + ["", "## Training", ""]
+    lines += ["## Metrics", ""] + _metrics_section(card) + [""]
+    if card.get("window_decision"):
+        lines += ["## Window decision and silence", "", card["window_decision"], ""]
+    lines += ["## Training", ""]
+    lines += _corpus_table(training.get("corpus") or {})
     if training:
         lines += [f"- corpus manifest sha256 `{training.get('manifest_sha256')}`",
                   f"- epochs {training.get('epochs')} (best {training.get('best_epoch')}), "
