@@ -93,8 +93,8 @@ def _jobs(paths: list[Path], classifier: Classifier, fresh: Outputs, options: Op
 
     started_here, started = not ray.is_initialized(), time.perf_counter()
     if started_here:
-        ray.init(num_cpus=max(WORKERS), object_store_memory=OBJECT_STORE_MB * 2**20, include_dashboard=False,
-                 logging_level="WARNING")
+        ray.init(address="local", num_cpus=max(WORKERS), object_store_memory=OBJECT_STORE_MB * 2**20,
+                 include_dashboard=False, logging_level="WARNING")
     ray_start_s = rounded(time.perf_counter() - started) if started_here else None
     try:
         runners = _job_runners(paths, classifier, fresh)

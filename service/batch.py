@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -186,7 +186,7 @@ class ClassifyWorker:
 
 @dataclass
 class BatchSummary:
-    """What one run did; ``line()`` is the command's last line."""
+    """What one run did; ``line()`` is the command's last line, ``to_dict()`` its ``run-RUN.json`` in the output."""
 
     out: Path
     files: int
@@ -240,26 +240,34 @@ def run_batch(files: Sequence[str], out: Path, classifier: Classifier, config: S
         todo = [name for name in dict.fromkeys(files) if name not in done]
         summary = BatchSummary(out, files=len(set(files)), skipped=len(set(files)) - len(todo))
         if todo:
-            _classify_all(todo, out, classifier, config, options, classify, summary)
+            run_id = new_run_id()
+            try:
+                _classify_all(todo, out, run_id, classifier, config, options, classify, summary)
+            finally:  # a record of every run that wrote rows, also of one that stopped half-way
+                summary.wall_s = time.perf_counter() - started
+                if summary.classified:
+                    (out / f"run-{run_id}.json").write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
     summary.wall_s = time.perf_counter() - started
     return summary
 
 
-def _classify_all(todo: list[str], out: Path, classifier: Classifier, config: StreamConfig, options: BatchOptions,
-                  classify: Classify | None, summary: BatchSummary) -> None:
-    writer = make_writer(options.out_format, out, new_run_id(), options.shard_rows, classifier.labels)
+def _classify_all(todo: list[str], out: Path, run_id: str, classifier: Classifier, config: StreamConfig,
+                  options: BatchOptions, classify: Classify | None, summary: BatchSummary) -> None:
+    writer = make_writer(options.out_format, out, run_id, options.shard_rows, classifier.labels)
     expected, written = set(todo), set()
     bar = _progress_bar(len(todo), options.progress)
     try:
-        for row in _ray_rows(todo, ModelFiles.of(classifier), config, options, classify):
-            if row["file"] not in expected or row["file"] in written:
-                log.warning("dropped a second row for %s (a retried task)", row["file"])
-                continue
-            writer.write(row)
-            written.add(row["file"])
-            summary.add(row)
-            bar.update(1)
-            bar.set_postfix_str(f"{summary.audio_s / 3600:.2f} h of audio, {summary.errors} errors", refresh=False)
+        with closing(_ray_rows(todo, ModelFiles.of(classifier), config, options, classify)) as rows:
+            for row in rows:
+                if row["file"] not in expected or row["file"] in written:
+                    log.warning("dropped a second row for %s (a retried task)", row["file"])
+                    continue
+                writer.write(row)
+                written.add(row["file"])
+                summary.add(row)
+                bar.update(1)
+                bar.set_postfix_str(f"{summary.audio_s / 3600:.2f} h of audio, {summary.errors} errors",
+                                    refresh=False)
     except (BatchError, KeyboardInterrupt):
         raise
     except Exception as error:  # Ray's own errors: a job that cannot be scheduled, a worker that cannot load
@@ -322,7 +330,8 @@ def _start_ray(ray: Any, options: BatchOptions) -> bool:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=math.ceil(options.workers * options.cpus_per_worker),
+            ray.init(address="local",  # a new Ray, even if this machine runs one (join that with --address auto)
+                     num_cpus=math.ceil(options.workers * options.cpus_per_worker),
                      object_store_memory=options.object_store_mb * 2**20,
                      include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as error:
