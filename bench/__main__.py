@@ -1,9 +1,11 @@
 """python -m bench: run the benchmark suite, print its tables and write them as JSON.
 
 Sections (all by default, in this order): features (streaming MFCC against
-recomputing the window), model (ms per window), files (x real time of
-classify_file beside Silero VAD), service (concurrent WebSocket streams:
-latency, CPU, memory); and only when named, batch (swishnet batch on Ray
+recomputing the window), model (ms per window), engine (CPU per hop of one
+stream for windows of 0.5 to 10 s, JSON, memory per stream, batching), files
+(audio seconds per CPU second of classify_file beside Silero VAD, window 10 s
+against 1 s), service (concurrent WebSocket streams against W server workers
+from C client processes: latency, CPU, memory); and only when named, batch (swishnet batch on Ray
 against swishnet classify; needs the batch extra). Models default to the
 bundled ones; missing ones are skipped with a note. ``--quick`` runs every section in a few seconds (for
 the tests: its figures mean little). A section that fails is recorded with
@@ -22,13 +24,14 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench import batch, features, files, load, model
+from bench import batch, engine, features, files, load, model
 from bench.common import Options, bundled_model_paths, load_models, machine_info
 from service.inference import Classifier
 
-SECTIONS = ("features", "model", "files", "service")
+SECTIONS = ("features", "model", "engine", "files", "service")
 OPT_IN = ("batch",)  # run only when named: it needs the batch extra (Ray) and starts a local Ray
-QUICK = Options(quick=True, repeats=3, file_repeats=1, file_s=20.0, streams=(1, 4), step_s=1.5)
+QUICK = Options(quick=True, repeats=3, file_repeats=1, file_s=20.0, streams=(1, 4), step_s=1.5, workers=1,
+                client_processes=1)
 RESULTS = Path(__file__).parent / "results"
 SCHEMA = 1
 
@@ -46,7 +49,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="measurements behind each features and model figure (default 5)")
     parser.add_argument("--file-repeats", type=int, help="passes over the generated file (default 3)")
     parser.add_argument("--file-minutes", type=float, help="length of the generated file (default 60)")
-    parser.add_argument("--streams", help="load steps, comma-separated (default 1,10,50,100,200,400)")
+    parser.add_argument("--streams", help="load steps, comma-separated (default 1,10,50,100,200,400,600,800,1000,1200)")
+    parser.add_argument("--workers", type=int, help="server processes for the service section (default 2)")
+    parser.add_argument("--client-processes", type=int,
+                        help="client processes for the service section (default: one per 250 streams, at most 4)")
     parser.add_argument("--step-seconds", type=float, help="seconds each load step lasts (default 12)")
     parser.add_argument("--no-deflate", action="store_true",
                         help="load streams without permessage-deflate (default: offered, as browsers do)")
@@ -67,6 +73,8 @@ def build_options(args: argparse.Namespace, models: tuple[Path, ...]) -> Options
         "file_s": None if args.file_minutes is None else 60 * args.file_minutes,
         "streams": None if args.streams is None else tuple(int(n) for n in args.streams.split(",")),
         "step_s": args.step_seconds,
+        "workers": args.workers,
+        "client_processes": args.client_processes,
         "deflate": False if args.no_deflate else None,
     }
     return dataclasses.replace(base, models=models, **{k: v for k, v in overrides.items() if v is not None})
@@ -98,6 +106,7 @@ def run_suite(options: Options, sections: Sequence[str]) -> dict:
     work = {
         "features": lambda: features.run(options),
         "model": lambda: model.run(options, classifiers),
+        "engine": lambda: engine.run(options, classifiers),
         "files": lambda: files.run(options, classifiers, notes),
         "service": lambda: _service(options, classifiers, report),
         "batch": lambda: batch.run(options, classifiers, notes),
@@ -114,7 +123,7 @@ def _options_dict(options: Options) -> dict:
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
-    "features": features.render, "model": model.render, "files": files.render,
+    "features": features.render, "model": model.render, "engine": engine.render, "files": files.render,
     "service": load.render, "memory": load.render_memory, "batch": batch.render,
 }
 

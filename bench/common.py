@@ -32,8 +32,12 @@ class Options:
     file_repeats: int = 3
     """Repeated passes over the generated file (each model and Silero once per pass)."""
     file_s: float = 3600.0
-    streams: tuple[int, ...] = (1, 10, 50, 100, 200, 400)
+    streams: tuple[int, ...] = (1, 10, 50, 100, 200, 400, 600, 800, 1000, 1200)
     """Load steps: concurrent streams; the run stops at the first step whose p99 passes the limit."""
+    workers: int = 2
+    """Server processes (swishnet serve --workers)."""
+    client_processes: int = 0
+    """Client processes carrying the streams; 0: one per 250 streams, at most 4."""
     step_s: float = 12.0
     """Seconds of audio each stream sends at each load step."""
     deflate: bool = True

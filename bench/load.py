@@ -1,13 +1,15 @@
 """Service: latency, CPU and memory under N concurrent real-time WebSocket streams.
 
-The server is a separate process (``python -m uvicorn service.app:create_app
---factory``, as ``swishnet serve`` runs it, one worker) on a free 127.0.0.1
-port, so its CPU time and memory are read apart from the client's (Linux
-/proc). The client opens N streams, one coroutine each, then every stream
-sends 100 ms of 16 kHz pcm_s16le every 100 ms of wall time, on a fixed
-schedule, the N streams' phases spread evenly over the 100 ms. Label latency
-is the wall time a label event arrives minus the wall time the client sent
-the chunk that completed the audio it covers (its ``time`` field).
+The server is separate processes (``python -m uvicorn service.app:create_app
+--factory --workers W``, as ``swishnet serve --workers W`` runs it) on a free
+127.0.0.1 port, so its CPU time and memory (summed over its processes) are
+read apart from the client's (Linux /proc). The client is C processes (so
+that the client is not the limit), each opening its share of the N streams,
+one coroutine each; then every stream sends 100 ms of 16 kHz pcm_s16le every
+100 ms of wall time, on a fixed schedule, the N streams' phases spread evenly
+over the 100 ms. Label latency is the wall time a label event arrives minus
+the wall time the client sent the chunk that completed the audio it covers
+(its ``time`` field). The client's CPU is the sum over its processes.
 
 Steps of N run one after another until a step's p99 passes 100 ms, or the
 last step; every step is bounded in time, and the server is stopped at the
@@ -19,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import multiprocessing
 import os
 import resource
 import socket
 import subprocess
 import sys
+import queue
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -59,18 +64,18 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class ServerProcess:
-    """The service in its own process on a free loopback port; stopped on exit whatever happens."""
+    """The service in its own processes on a free loopback port; stopped on exit whatever happens."""
 
-    def __init__(self, model: Path, max_streams: int) -> None:
-        self.model, self.max_streams = model, max_streams
+    def __init__(self, model: Path, max_streams: int, workers: int = 1) -> None:
+        self.model, self.max_streams, self.workers = model, max_streams, workers
         self.port = _free_port()
         self._log: IO[bytes] = tempfile.TemporaryFile()
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> ServerProcess:
         env = dict(os.environ, SWISHNET_MODEL_PATH=str(self.model), SWISHNET_MAX_STREAMS=str(self.max_streams))
-        command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--workers",
+                   str(self.workers), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_until_healthy()
         return self
@@ -119,20 +124,49 @@ def _free_port() -> int:
 
 
 class ProcessProbe:
-    """CPU seconds and memory of another process, from /proc (Linux)."""
+    """CPU seconds and memory of another process and its descendants (uvicorn's workers), from /proc (Linux)."""
 
     def __init__(self, pid: int) -> None:
-        self._stat = Path(f"/proc/{pid}/stat")
-        self._status = Path(f"/proc/{pid}/status")
+        self.pid = pid
+
+    def pids(self) -> list[int]:
+        """The process and its descendants now."""
+        parents: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += parents.get(pid, [])
+        return found
 
     def cpu_s(self) -> float:
-        fields = self._stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+        return total
 
     def memory_mib(self) -> dict[str, float]:
-        """Resident set now (VmRSS) and its peak so far (VmHWM)."""
-        values = dict(line.split(":", 1) for line in self._status.read_text().splitlines() if ":" in line)
-        return {key: int(values[name].split()[0]) / 1024 for key, name in (("rss", "VmRSS"), ("peak", "VmHWM"))}
+        """Resident set now (VmRSS) and the sum of each process's peak so far (VmHWM)."""
+        totals = {"rss": 0.0, "peak": 0.0}
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            values = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            for key, name in (("rss", "VmRSS"), ("peak", "VmHWM")):
+                totals[key] += int(values[name].split()[0]) / 1024 if name in values else 0.0
+        return totals
 
 
 @dataclass
@@ -217,48 +251,82 @@ async def _open(url: str, n: int, deflate: bool) -> list[ClientConnection | str]
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def _sample(probe: ProcessProbe, cpu: list[float], rss: list[float]) -> None:
-    """Server CPU % and RSS once a second, until cancelled."""
+def _sample(probe: ProcessProbe, cpu: list[float], rss: list[float], stop: threading.Event) -> None:
+    """Server CPU % (of one core, summed over its processes) and RSS once a second, until ``stop``."""
     before, then = probe.cpu_s(), time.monotonic()
-    while True:
-        await asyncio.sleep(SAMPLE_EVERY_S)
+    while not stop.wait(SAMPLE_EVERY_S):
         now_cpu, now = probe.cpu_s(), time.monotonic()
         cpu.append(100 * (now_cpu - before) / (now - then))
         rss.append(probe.memory_mib()["rss"])
         before, then = now_cpu, now
 
 
-async def _run_streams(sockets: list[ClientConnection | str], logs: list[StreamLog], audio: bytes,
-                       step_s: float) -> bool:
-    """Run every stream to its end, phases spread over one chunk; False if the step overran its time limit."""
-    n, count = len(sockets), round(step_s / CHUNK_S)
-    start = time.monotonic() + 0.2
+async def _client(url: str, indices: list[int], n: int, options: Options, ready, results) -> None:
+    """One client process's share of the streams: connect, wait for the others, run, report."""
+    audio, count = stream_audio(), round(options.step_s / CHUNK_S)
+    sockets = await _open(url, len(indices), options.deflate)
+    logs = [StreamLog() for _ in indices]
+    await asyncio.to_thread(ready.wait)  # every client process has connected
+    cpu_before, started = _cpu_s(), time.monotonic()
+    start = started + 0.3
     streams = asyncio.gather(*(_stream(ws, chunks_for(audio, i, count), start + CHUNK_S * i / n, log)
-                               for i, (ws, log) in enumerate(zip(sockets, logs))))
+                               for i, ws, log in zip(indices, sockets, logs)))
+    finished = True
     try:
-        await asyncio.wait_for(streams, step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S)
+        await asyncio.wait_for(streams, options.step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S)
     except asyncio.TimeoutError:
-        return False
-    return True
+        finished = False
+    extensions = next((ws.response.headers.get("Sec-WebSocket-Extensions") for ws in sockets
+                       if not isinstance(ws, str)), None)
+    results.put({"latencies_s": [v for log in logs for v in log.latencies_s],
+                 "late_sends": sum(log.late_sends for log in logs),
+                 "errors": [log.error for log in logs if log.error][:5], "finished": finished,
+                 "cpu_s": _cpu_s() - cpu_before, "wall_s": time.monotonic() - started, "extensions": extensions})
 
 
-async def _step(server: ServerProcess, probe: ProcessProbe, audio: bytes, n: int, options: Options) -> dict:
-    step_s = options.step_s
-    sockets = await _open(server.url(), n, options.deflate)
-    logs = [StreamLog() for _ in range(n)]
-    cpu: list[float] = []
-    rss: list[float] = []
-    sampler = asyncio.create_task(_sample(probe, cpu, rss))
-    client_cpu_before, started = _cpu_s(), time.monotonic()
-    finished = await _run_streams(sockets, logs, audio, step_s)
-    sampler.cancel()
-    result = _step_result(n, step_s, logs, cpu, rss, (_cpu_s() - client_cpu_before) / (time.monotonic() - started))
-    if not finished:
-        result["errors"].append(f"the step overran its limit of {step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S:g} s")
-    result["ws_extensions"] = next(
-        (ws.response.headers.get("Sec-WebSocket-Extensions") for ws in sockets if not isinstance(ws, str)), None
-    )
-    return result
+def _client_process(url: str, indices: list[int], n: int, options: Options, ready, results) -> None:
+    try:
+        run_client(_client(url, indices, n, options, ready, results))
+    except BaseException as error:  # noqa: BLE001  (reported to the parent, which records it)
+        ready.abort()
+        results.put({"crash": f"{type(error).__name__}: {error}"})
+
+
+def client_processes(n: int, options: Options) -> int:
+    """How many client processes carry N streams: as given, or one per 250 streams (at most 4)."""
+    return min(n, options.client_processes or min(4, math.ceil(n / 250)))
+
+
+def _step(server: ServerProcess, probe: ProcessProbe, n: int, options: Options) -> dict:
+    processes = client_processes(n, options)
+    context = multiprocessing.get_context("fork")  # the children run the websockets client only
+    ready, results = context.Barrier(processes + 1), context.Queue()
+    clients = [context.Process(target=_client_process, daemon=True,
+                               args=(server.url(), list(range(i, n, processes)), n, options, ready, results))
+               for i in range(processes)]
+    for client in clients:
+        client.start()
+    try:
+        ready.wait(timeout=CONNECT_TIMEOUT_S * (1 + n / CONNECT_CONCURRENCY))
+    except threading.BrokenBarrierError:
+        pass  # a client failed to start: its report says why
+    cpu, rss, stop = [], [], threading.Event()
+    sampler = threading.Thread(target=_sample, args=(probe, cpu, rss, stop), daemon=True)
+    sampler.start()
+    limit = options.step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S + 30
+    reports = []
+    for _ in clients:
+        try:
+            reports.append(results.get(timeout=limit))
+        except queue.Empty:
+            reports.append({"crash": f"a client process sent nothing within {limit:g} s"})
+    stop.set()
+    sampler.join()
+    for client in clients:
+        client.join(timeout=10)
+        if client.is_alive():
+            client.kill()
+    return _step_result(n, options, processes, reports, cpu, rss)
 
 
 def _cpu_s() -> float:
@@ -288,30 +356,42 @@ def _within_limit(step: dict) -> bool:
     return _p99_ok(step) and not step["errors"]
 
 
-def _step_result(n: int, step_s: float, logs: list[StreamLog], cpu: list[float], rss: list[float],
-                 client_cpu_share: float) -> dict:
-    latencies_ms = 1000 * np.array([value for log in logs for value in log.latencies_s])
+def _step_result(n: int, options: Options, processes: int, reports: list[dict], cpu: list[float],
+                 rss: list[float]) -> dict:
+    latencies_ms = 1000 * np.array([value for report in reports for value in report.get("latencies_s", [])])
     steady_rss = rss[len(rss) // 2 :] or rss  # the second half: every stream open and running
+    errors = [error for report in reports for error in report.get("errors", [])]
+    errors += [report["crash"] for report in reports if "crash" in report]
+    errors += [f"the step overran its limit of {options.step_s + CLOSE_TIMEOUT_S + STEP_GRACE_S:g} s"
+               for report in reports if report.get("finished") is False]
+    client_cpu = sum(r.get("cpu_s", 0.0) for r in reports) / max(max(r.get("wall_s", 0.0) for r in reports), 1e-9)
+    server_cpu = summary(cpu) if cpu else None
+    steady_cpu = float(np.median(cpu[len(cpu) // 2 :])) if cpu else None
     return {
         "streams": n,
+        "client_processes": processes,
         "latency_ms": _percentiles(latencies_ms),
         "labels_received": int(latencies_ms.size),
-        "labels_expected": n * _expected_labels(step_s),
-        "late_sends": sum(log.late_sends for log in logs),
-        "errors": [log.error for log in logs if log.error][:5],
-        "server_cpu_percent": summary(cpu) if cpu else None,
-        "client_cpu_percent": rounded(100 * client_cpu_share),
+        "labels_expected": n * _expected_labels(options.step_s),
+        "late_sends": sum(report.get("late_sends", 0) for report in reports),
+        "errors": errors[:5],
+        "server_cpu_percent": server_cpu,
+        "server_cpu_percent_per_stream": rounded(steady_cpu / n) if steady_cpu is not None else None,
+        "client_cpu_percent": rounded(100 * client_cpu),
         "server_rss_mib": rounded(float(np.median(steady_rss))) if steady_rss else None,
+        "ws_extensions": next((r["extensions"] for r in reports if r.get("extensions")), None),
     }
 
 
-async def _load(server: ServerProcess, options: Options) -> list[dict]:
+def _load(server: ServerProcess, options: Options) -> list[dict]:
     """Run the steps until one fails the latency limit or has errors."""
     probe = ProcessProbe(server.pid)
-    audio = stream_audio()
     steps = []
     for n in options.streams:
-        steps.append(await _step(server, probe, audio, n, options))
+        steps.append(_step(server, probe, n, options))
+        print(f"  {n} streams: p99 {steps[-1]['latency_ms']['p99']} ms, server CPU "
+              f"{steps[-1]['server_cpu_percent'] and steps[-1]['server_cpu_percent']['median']} %, "
+              f"client CPU {steps[-1]['client_cpu_percent']} %", file=sys.stderr, flush=True)
         if not _within_limit(steps[-1]):
             break
     return steps
@@ -339,14 +419,16 @@ def run(options: Options, model: Path | None) -> tuple[dict, dict]:
     if not Path("/proc/self/stat").exists():
         reason = "needs Linux /proc to read the server's CPU and memory"
         return skipped(reason), skipped(reason)
-    with ServerProcess(model, max_streams=max(options.streams) + 10) as server:
+    with ServerProcess(model, max_streams=max(options.streams) + 10, workers=options.workers) as server:
+        time.sleep(1.0)  # every worker has loaded its model
         idle = ProcessProbe(server.pid).memory_mib()
-        steps = run_client(_load(server, options))
+        steps = _load(server, options)
         after = ProcessProbe(server.pid).memory_mib()
     within = [step["streams"] for step in steps if _within_limit(step)]
     over = [step["streams"] for step in steps if not _p99_ok(step)]
     load = {
         "model": model.stem,
+        "workers": options.workers,
         "chunk_s": CHUNK_S,
         "step_s": options.step_s,
         "deflate_offered": options.deflate,
@@ -369,12 +451,14 @@ def render(load: dict) -> str:
     rows = [
         (step["streams"], num(step["latency_ms"]["p50"]), num(step["latency_ms"]["p99"]), num(step["latency_ms"]["max"]),
          f"{step['labels_received']}/{step['labels_expected']}", show(step["server_cpu_percent"]),
-         num(step["client_cpu_percent"]), num(step["server_rss_mib"]), step["late_sends"], len(step["errors"]))
+         num(step["server_cpu_percent_per_stream"]), f"{num(step['client_cpu_percent'])} ({step['client_processes']})",
+         num(step["server_rss_mib"]), step["late_sends"], len(step["errors"]))
         for step in load["steps"]
     ]
-    headers = ("streams", "p50 ms", "p99 ms", "max ms", "labels", "server CPU %", "client CPU %", "server RSS MiB",
-               "late sends", "errors")
-    return f"{table(headers, rows)}\n{_verdict(load)} (model {load['model']})"
+    headers = ("streams", "p50 ms", "p99 ms", "max ms", "labels", "server CPU %", "per stream %",
+               "client CPU % (procs)", "server RSS MiB", "late sends", "errors")
+    return (f"{table(headers, rows)}\n{_verdict(load)} (model {load['model']}, {load['workers']} server "
+            f"worker(s); CPU in % of one core)")
 
 
 def _verdict(load: dict) -> str:

@@ -61,11 +61,12 @@ class History:
         return self._buffer[start + offset : stop + offset]
 
     def at(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at absolute numbers ``indices`` (any shape)."""
-        if indices.size and (indices.min() < self.first or indices.max() >= self.total):
+        """Rows at absolute numbers ``indices`` (any shape); IndexError for rows not buffered."""
+        positions = indices + (self._end - self.total)
+        if positions.size and (positions.min() < self._start or positions.max() >= self._end):
             raise IndexError(f"rows {indices.min()}..{indices.max()} are not all buffered "
                              f"(have {self.first}:{self.total})")
-        return self._buffer[indices + (self._start - self.first)]
+        return self._buffer[positions]
 
     def last(self, count: int) -> np.ndarray:
         """The newest ``count`` rows (fewer if fewer were ever added), a view."""

@@ -154,10 +154,14 @@ def mfcc(audio: np.ndarray) -> np.ndarray:
     if audio.ndim != 1:
         raise ValueError(f"mfcc expects mono audio of shape (samples,), got shape {audio.shape}")
     total = n_frames(audio.size)
-    out = np.empty((total, N_MFCC), dtype=np.float32)
     if total == 0:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(audio, WIN_LENGTH)[::HOP_LENGTH]
+        return np.empty((0, N_MFCC), dtype=np.float32)
+    # frame t is audio[t * HOP_LENGTH : t * HOP_LENGTH + WIN_LENGTH], a read-only view
+    step = audio.strides[0]
+    windows = np.lib.stride_tricks.as_strided(audio, (total, WIN_LENGTH), (HOP_LENGTH * step, step), writeable=False)
+    if total <= _BLOCK_FRAMES:
+        return frames_to_mfcc(windows)
+    out = np.empty((total, N_MFCC), dtype=np.float32)
     for start in range(0, total, _BLOCK_FRAMES):
         out[start : start + _BLOCK_FRAMES] = frames_to_mfcc(windows[start : start + _BLOCK_FRAMES])
     return out

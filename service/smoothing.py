@@ -20,7 +20,7 @@ class LabelSmoother:
     def __init__(self, median_hops: int, switch_hops: int) -> None:
         self.median_hops = median_hops
         self.switch_hops = switch_hops
-        self._recent: deque[np.ndarray] = deque(maxlen=median_hops)
+        self._recent: deque[list[float]] = deque(maxlen=median_hops)
         self.label: int | None = None
         self.label_after: list[int] = []
         self._candidate: int | None = None
@@ -41,19 +41,16 @@ class LabelSmoother:
     def update_many(self, scores: np.ndarray) -> list[bool]:
         """Add the scores of several hops (hops, labels) at once; for each hop, whether the label changed
         (``label_after`` holds the label after each). The same as one ``update`` per hop."""
-        recent = len(self._recent)
-        rows = np.concatenate([np.array(self._recent).reshape(recent, scores.shape[1]), scores]) if recent else scores
-        self._recent.extend(scores[-self.median_hops :])
-        winners = []
-        for end in range(recent + 1, min(len(rows), self.median_hops - 1) + 1):  # the stream's first hops
-            winners.append(int(np.argmax(np.median(rows[:end], axis=0))))
-        full = max(len(rows) - self.median_hops + 1, 0) - max(recent + 1 - self.median_hops, 0)
-        if full > 0:
-            windows = np.lib.stride_tricks.sliding_window_view(rows, self.median_hops, axis=0)[-full:]
-            winners += np.argmax(np.median(windows, axis=-1), axis=1).tolist()
         changes, self.label_after = [], []
-        for winner in winners:
-            changes.append(self._hysteresis(winner))
+        for row in scores.tolist():  # a few labels and hops: plain Python beats numpy's per-call overhead
+            self._recent.append(row)
+            count = len(self._recent)
+            columns = [sorted(column) for column in zip(*self._recent)]
+            if count % 2:
+                medians = [column[count // 2] for column in columns]
+            else:  # the stream's first hops, fewer than median_hops: numpy's median of an even count
+                medians = [(column[count // 2 - 1] + column[count // 2]) / 2 for column in columns]
+            changes.append(self._hysteresis(max(range(len(medians)), key=medians.__getitem__)))
             self.label_after.append(self.label)
         return changes
 

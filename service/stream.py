@@ -207,12 +207,15 @@ class SilenceRule:
 
     def __init__(self, config: StreamConfig) -> None:
         self.span = config.hop_ticks * BLOCKS_PER_HOP  # blocks in a neighbourhood
-        self.half = self.span // 2
         self.power = 10 ** (config.silence_threshold_db / 10)
-        # frame i's neighbourhood starts at block i * BLOCKS_PER_HOP + BLOCKS_PER_FRAME // 2 - half
-        self.offset = BLOCKS_PER_FRAME // 2 - self.half
+        # frame i's neighbourhood starts at block i * BLOCKS_PER_HOP + offset
+        self.offset = BLOCKS_PER_FRAME // 2 - self.span // 2
         self.edge_low = max(0, -(self.offset // BLOCKS_PER_HOP))
         self.edge_high = max(0, -((BLOCKS_PER_FRAME - self.offset - self.span) // BLOCKS_PER_HOP))
+        # a decision tests its centre frame, then its edge frames: edge_low from the window's first frame,
+        # edge_high from the end of its interior (column 0 is the centre)
+        self.edge_steps = np.r_[0, np.arange(self.edge_low), np.arange(self.edge_high)]
+        self.from_interior_end = np.r_[False, np.zeros(self.edge_low, bool), np.ones(self.edge_high, bool)]
 
     def interior_ready(self, blocks: int) -> int:
         """How many frames' own neighbourhoods lie within the first ``blocks`` energy blocks."""
@@ -222,20 +225,16 @@ class SilenceRule:
         """The test of frames away from any window edge; frames whose neighbourhood starts before the
         stream never are, and get False."""
         start = frames * BLOCKS_PER_HOP + self.offset
-        inside = start >= 0
-        loud = np.zeros(frames.shape, dtype=bool)
-        start = start[inside]
-        loud[inside] = (cumulative.at(start + self.span) - cumulative.at(start)) / self.span >= self.power
-        return loud
+        blocks = np.maximum(np.stack([start + self.span, start]), 0)  # clipped: only read, never used, before 0
+        ends, starts = cumulative.at(blocks)
+        return ((ends - starts) / self.span >= self.power) & (start >= 0)
 
     def loud(self, frames: np.ndarray, first: np.ndarray, end: np.ndarray, cumulative: History) -> np.ndarray:
         """The test of ``frames`` in windows of frames ``first`` to ``end`` (arrays that broadcast)."""
-        window_start = first * BLOCKS_PER_HOP
-        window_stop = (end - 1) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME
-        start = np.maximum(frames * BLOCKS_PER_HOP + self.offset, window_start)
-        stop = np.minimum(start + self.span, window_stop)
-        energy = (cumulative.at(stop) - cumulative.at(start)) / (stop - start)
-        return energy >= self.power
+        start = np.maximum(frames * BLOCKS_PER_HOP + self.offset, first * BLOCKS_PER_HOP)
+        stop = np.minimum(start + self.span, (end - 1) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME)
+        at_stop, at_start = cumulative.at(np.stack([stop, start]))
+        return (at_stop - at_start) / (stop - start) >= self.power
 
 
 class AudioStream:
@@ -263,8 +262,8 @@ class AudioStream:
         n_classes, window = len(scorer.labels), config.window_frames
         self._context = History(max(scorer.receptive_field_frames - 1, 0), (N_MFCC,))
         self._logits = History(window + 1, (n_classes,))
-        self._loud_sums = History(window + 1, (n_classes,), np.float64)  # prefix sums over interior-loud frames
-        self._loud_counts = History(window + 1, (), np.int64)
+        # prefix sums over the frames found loud away from window edges: their logits, then their count
+        self._loud_sums = History(window + 1, (n_classes + 1,), np.float64)
         self._energy_sums = History((config.window_ticks + 2 * config.hop_ticks) * BLOCKS_PER_HOP + BLOCKS_PER_FRAME,
                                     (), np.float64)  # prefix sums of block energies
         self._smoother = LabelSmoother(config.median_hops, config.switch_hops)
@@ -311,10 +310,9 @@ class AudioStream:
     def reset(self) -> None:
         """Forget everything, as for a new stream starting at time 0."""
         for part in (self._input, self._mfcc, self._energy, self._context, self._logits, self._loud_sums,
-                     self._loud_counts, self._energy_sums, self._smoother, self._segmenter, self.tally):
+                     self._energy_sums, self._smoother, self._segmenter, self.tally):
             part.reset()
-        self._loud_sums.extend(np.zeros((1, len(self.scorer.labels))))
-        self._loud_counts.extend(np.zeros(1, dtype=np.int64))
+        self._loud_sums.extend(np.zeros((1, len(self.scorer.labels) + 1)))
         self._energy_sums.extend(np.zeros(1))
         self._samples_seen = 0
         self._next_tick = self.config.first_decision_tick
@@ -347,38 +345,41 @@ class AudioStream:
     def _extend_loud_sums(self) -> None:
         """Prefix sums of logits and counts over frames found loud away from window edges, as far as both
         their logits and their neighbourhood's energy have arrived."""
-        done = self._loud_counts.total - 1
+        done = self._loud_sums.total - 1
         ready = min(self._logits.total, self._rule.interior_ready(self._energy_sums.total - 1))
         if ready <= done:
             return
-        frames = np.arange(done, ready)
-        loud = self._rule.interior_loud(frames, self._energy_sums)
-        logits = self._logits.slice(done, ready).astype(np.float64) * loud[:, None]
-        self._loud_sums.extend(np.cumsum(np.concatenate([self._loud_sums.last(1), logits]), axis=0)[1:])
-        self._loud_counts.extend(self._loud_counts.last(1)[0] + np.cumsum(loud))
+        loud = self._rule.interior_loud(np.arange(done, ready), self._energy_sums)
+        rows = np.empty((ready - done + 1, len(self.scorer.labels) + 1))
+        rows[0] = self._loud_sums.last(1)[0]
+        rows[1:, :-1] = self._logits.slice(done, ready) * loud[:, None]
+        rows[1:, -1] = loud
+        self._loud_sums.extend(np.cumsum(rows, axis=0)[1:])
 
     def _decisions(self, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Probabilities (0 when silent), silence and the centre tick of the decisions at ``ticks``."""
-        rule, window = self._rule, self.config.window_frames
+        rule = self._rule
         end = 1 + (ticks * HOP_LENGTH - WIN_LENGTH) // HOP_LENGTH  # n_frames: ticks start past the warm-up
-        first = end - np.minimum(window, end)
+        first = end - np.minimum(self.config.window_frames, end)
         centre = first + (end - first) // 2
-        silent = ~rule.loud(centre, first, end, self._energy_sums)
-        # frames whose test the window's edges cannot change: running sums; the others: tested here
+        # frames whose test the window's edges cannot change: running sums; the others are tested here
         inner_start = np.minimum(first + rule.edge_low, end)
         inner_end = np.maximum(end - rule.edge_high, inner_start)
-        sums = self._loud_sums.at(inner_end) - self._loud_sums.at(inner_start)
-        counts = self._loud_counts.at(inner_end) - self._loud_counts.at(inner_start)
-        edges = np.concatenate([first[:, None] + np.arange(rule.edge_low),
-                                inner_end[:, None] + np.arange(rule.edge_high)], axis=1)
-        valid = (edges < np.concatenate([np.repeat(inner_start[:, None], rule.edge_low, axis=1),
-                                         np.repeat(end[:, None], rule.edge_high, axis=1)], axis=1))
-        if edges.size:
-            safe = np.where(valid, edges, end[:, None] - 1)
-            loud = valid & rule.loud(safe, first[:, None], end[:, None], self._energy_sums)
-            sums = sums + np.einsum("kf,kfc->kc", loud, self._logits.at(safe).astype(np.float64))
-            counts = counts + loud.sum(axis=1)
-        probs = softmax(sums / np.maximum(counts, 1)[:, None])
+        inner_end_sums, inner_start_sums = self._loud_sums.at(np.stack([inner_end, inner_start]))
+        inner = inner_end_sums - inner_start_sums  # logit sums, then the count
+        # column 0: the centre frame; then the edge frames, each valid only inside its edge
+        base = np.where(rule.from_interior_end, inner_end[:, None], first[:, None])
+        frames = base + rule.edge_steps
+        frames[:, 0] = centre
+        limit = np.where(rule.from_interior_end, end[:, None], inner_start[:, None])
+        valid = frames < limit
+        valid[:, 0] = False
+        frames = np.where(valid, frames, centre[:, None])
+        loud = rule.loud(frames, first[:, None], end[:, None], self._energy_sums)
+        silent = ~loud[:, 0]
+        loud &= valid
+        sums = inner[:, :-1] + np.einsum("kf,kfc->kc", loud, self._logits.at(frames))
+        probs = softmax(sums / np.maximum(inner[:, -1] + loud.sum(axis=1), 1)[:, None])
         probs[silent] = 0.0
         return probs, silent, centre + 1
 
@@ -414,9 +415,10 @@ class HopTally:
         self.reset()
 
     def add(self, probs: np.ndarray, silent: np.ndarray) -> None:
+        """Probabilities of some hops, 0 for the silent ones."""
         self.hops += len(probs)
-        self.voiced_hops += int(np.sum(~silent))
-        self.prob_sum += probs[~silent].sum(axis=0, dtype=np.float64)
+        self.voiced_hops += len(probs) - int(silent.sum())
+        self.prob_sum += probs.sum(axis=0, dtype=np.float64)
 
     def reset(self) -> None:
         self.hops = self.voiced_hops = 0

@@ -32,7 +32,7 @@ def test_quick_run_succeeds_and_describes_the_machine(quick_report):
     assert status == 0
     assert report["schema"] == 1
     assert {"cpu", "cores", "python", "onnxruntime", "date"} <= set(report["machine"])
-    assert set(report["seconds"]) == {"features", "model", "files", "service"}
+    assert set(report["seconds"]) == {"features", "model", "engine", "files", "service"}
 
 
 def test_features_section(quick_report):
@@ -55,13 +55,25 @@ def test_files_section(quick_report):
     report = quick_report[1]
     files = report["files"]
     assert files["duration_s"] == 20.0
-    assert is_summary(files["x_real_time"]["tiny"], n=1)
+    assert is_summary(files["audio_s_per_cpu_s"]["tiny"], n=1)
+    assert is_summary(files["audio_s_per_cpu_s"]["tiny window 10 s"], n=1) and is_summary(files["window_10s_over_1s"])
     assert files["found"]["tiny"]["segments"] >= 1
     if importlib.util.find_spec("silero_vad") is None:
         assert any("Silero VAD skipped" in note for note in report["notes"])
     else:
-        assert is_summary(files["x_real_time"]["silero-vad"]) and is_summary(files["silero_time_over_classify"]["tiny"])
+        assert is_summary(files["audio_s_per_cpu_s"]["silero-vad"])
+        assert is_summary(files["silero_time_over_classify"]["tiny"])
         assert 0 < files["found"]["silero-vad"]["speech_share"] < 1
+
+
+def test_engine_section(quick_report):
+    engine = quick_report[1]["engine"]
+    assert set(engine["per_hop"]) == {"0.01", "0.1"}
+    for windows in engine["per_hop"].values():
+        assert set(windows) == {"0.5", "1.0", "2.0", "5.0", "10.0"}
+        assert all(is_summary(cell["us_per_hop"], n=3) and is_summary(cell["over_window_1s"]) for cell in windows.values())
+    assert engine["json_us_per_label_event"] > 0 and engine["memory_kib_per_stream"] > 0
+    assert is_summary(engine["batching"]["alone_over_batched"], n=3)
 
 
 def test_service_and_memory_sections(quick_report):
@@ -71,8 +83,10 @@ def test_service_and_memory_sections(quick_report):
     assert streams in ([1], [1, 4])
     if streams == [1]:
         assert service["p99_passes_limit_at_streams"] == 1
+    assert service["workers"] == 1
     for step in service["steps"]:
-        assert step["errors"] == []
+        assert step["errors"] == [] and step["client_processes"] == 1 and step["client_cpu_percent"] > 0
+        assert step["server_cpu_percent_per_stream"] is not None
         assert step["labels_received"] == step["labels_expected"] > 0
         assert set(step["latency_ms"]) == {"p50", "p90", "p99", "max"}
         assert is_summary(step["server_cpu_percent"])
