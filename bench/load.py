@@ -75,7 +75,8 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         env = dict(os.environ, SWISHNET_MODEL_PATH=str(self.model), SWISHNET_MAX_STREAMS=str(self.max_streams))
         command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--workers",
-                   str(self.workers), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+                   str(self.workers), "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                   "--ws-per-message-deflate", "false"]  # as swishnet serve runs it (Settings.ws_deflate)
         self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_until_healthy()
         return self

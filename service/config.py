@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     )
     stream_burst_s: float = Field(10.0, ge=0, description="Audio a stream may send ahead of the speed limit.")
     max_message_bytes: int = Field(4 * 2**20, ge=1, description="Largest WebSocket message accepted.")
+    ws_deflate: bool = Field(False, description="Accept permessage-deflate when a client offers it (browsers do); "
+                             "off by default: it costs CPU on both ends for little gain on PCM audio and short events.")
     idle_timeout_s: float = Field(30.0, gt=0, description="A stream that sends nothing for this long is closed.")
     mic_device: str | None = Field(
         None, description="Input device to classify live and publish on WS /v1/live: 'default', an index or part of "

@@ -50,8 +50,11 @@ def _serve(args: argparse.Namespace) -> int:
     _check_mic(settings.mic_device)
     # uvicorn buffers a whole WebSocket message before the app sees it: cap that buffer near our own
     # limit, leaving room for messages just over it to get the app's 1009 with an explanation.
+    # permessage-deflate is declined unless asked for: events are small JSON and audio compresses poorly, so it
+    # cost both ends CPU and, on a busy 2-core machine, multiplied label latency (bench service section).
     uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=args.log_level.lower(), ws_max_size=2 * settings.max_message_bytes)
+                workers=settings.workers, log_level=args.log_level.lower(), ws_max_size=2 * settings.max_message_bytes,
+                ws_per_message_deflate=settings.ws_deflate)
     return 0
 
 
