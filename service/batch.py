@@ -186,7 +186,7 @@ class ClassifyWorker:
 
 @dataclass
 class BatchSummary:
-    """What one run did; ``line()`` is the command's last line, ``to_dict()`` its ``run-RUN.json`` in the output."""
+    """What one run did; ``line()`` is the command's last line, ``to_dict()`` its ``_run-RUN.json`` in the output."""
 
     out: Path
     files: int
@@ -246,7 +246,7 @@ def run_batch(files: Sequence[str], out: Path, classifier: Classifier, config: S
             finally:  # a record of every run that wrote rows, also of one that stopped half-way
                 summary.wall_s = time.perf_counter() - started
                 if summary.classified:
-                    (out / f"run-{run_id}.json").write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
+                    (out / f"_run-{run_id}.json").write_text(json.dumps(summary.to_dict(), indent=1) + "\n")
     summary.wall_s = time.perf_counter() - started
     return summary
 

@@ -177,7 +177,7 @@ def test_a_rerun_classifies_only_what_is_missing(local_ray, audio_dir, tiny_mode
     assert batch(audio_dir, *common, "--retry-errors") == 1  # they fail again, and replace their old rows
     assert "files: 3 classified (3 errors), 4 already done" in capsys.readouterr().out
     assert by_file(read_rows(out)) == rows
-    summaries = [json.loads(path.read_text()) for path in out.glob("run-*.json")]  # one per run that classified
+    summaries = [json.loads(path.read_text()) for path in out.glob("_run-*.json")]  # one per run that classified
     assert sorted((run["classified"], run["errors"], run["skipped"]) for run in summaries) == [
         (2, 0, 0), (3, 3, 4), (5, 3, 2)]
 
