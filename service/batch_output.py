@@ -27,7 +27,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,10 @@ def _drop_error_rows(folder: Path) -> None:
             lines = handle.readlines()
         kept = [line for line in lines if (_parse(line) or {}).get("error") is None]
         if len(kept) < len(lines):
-            _replace(shard, lambda partial: partial.write_text("".join(kept), encoding="utf-8"), bool(kept))
+            temporary = _emptied_or_temporary(shard, bool(kept))
+            if temporary is not None:
+                temporary.write_text("".join(kept), encoding="utf-8")
+                os.replace(temporary, shard)
     for shard in sorted(folder.glob("part-*.parquet")):
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -162,17 +165,18 @@ def _drop_error_rows(folder: Path) -> None:
         table = pq.read_table(shard)
         kept_table = table.filter(pc.is_null(table.column("error")))
         if kept_table.num_rows < table.num_rows:
-            _replace(shard, lambda partial: pq.write_table(kept_table, partial), kept_table.num_rows > 0)
+            temporary = _emptied_or_temporary(shard, kept_table.num_rows > 0)
+            if temporary is not None:
+                pq.write_table(kept_table, temporary)
+                os.replace(temporary, shard)
 
 
-def _replace(shard: Path, write: Callable[[Path], None], keep: bool) -> None:
-    """Rewrite a finished shard through a temporary name, or delete it when nothing is left."""
-    if not keep:
+def _emptied_or_temporary(shard: Path, rows_left: bool) -> Path | None:
+    """Where a shard that loses rows is rewritten before it replaces the shard; None: it was deleted."""
+    if not rows_left:
         shard.unlink()
-        return
-    temporary = shard.with_name(shard.name + ".rewrite")
-    write(temporary)
-    os.replace(temporary, shard)
+        return None
+    return shard.with_name(shard.name + ".rewrite")
 
 
 class ShardWriter:
