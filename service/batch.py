@@ -16,11 +16,16 @@ its unfinished task is retried (Ray Data's actor pools set ``max_restarts``
 and ``max_task_retries`` to -1, unlimited; tests/test_batch.py kills one); the
 driver drops any row for a file it has already written.
 
+A driver connected through Ray Client (``--address ray://...``) cannot run
+Ray Data's executor, so there the pipeline runs in a RowSource actor on the
+cluster and the driver takes its rows a few at a time; it still writes them.
+
 Ray is imported only when a job runs, so this module imports without it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -59,6 +64,7 @@ Classify = Callable[..., "FileResult"]
 DEFAULT_OBJECT_STORE_MB = 256  # a local Ray's shared memory: the job moves file names and small rows only
 MAX_FILES_PER_TASK = 32
 TASKS_PER_WORKER = 8  # the automatic task size aims at this many tasks per worker, for balance at the end
+ROWS_PER_CALL = 16  # rows a Ray Client driver takes from the cluster per call
 INSTALL_HINT = "pip install 'swishnet[batch]' (from a checkout: pip install -e '.[batch]')"
 
 
@@ -301,24 +307,55 @@ def _ray_rows(todo: list[str], model: ModelFiles, config: StreamConfig, options:
     ray = import_ray()
     started_here = _start_ray(ray, options)
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # ours counts files and hours; Ray's counts blocks
-        per_task = options.task_size(len(todo))
-        dataset = ray.data.from_items([{"file": name} for name in todo],
-                                      override_num_blocks=math.ceil(len(todo) / per_task))
-        dataset = dataset.map_batches(
-            ClassifyWorker,
-            fn_constructor_kwargs={"model": model, "config": config, "threads": options.threads_per_worker,
-                                   "classify": classify},
-            batch_size=per_task, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=options.workers),
-            num_cpus=options.cpus_per_worker,
-        )  # Ray Data's actor pools restart dead actors and retry their tasks without limit (max_restarts=-1)
-        for item in dataset.iter_rows():
-            yield json.loads(item["row"])
+        if ray.util.client.ray.is_connected():  # a Ray Client (ray://) driver cannot run Ray Data's executor
+            yield from rows_from_cluster(ray, todo, model, config, options, classify)
+        else:
+            yield from dataset_rows(todo, model, config, options, classify)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def dataset_rows(todo: list[str], model: ModelFiles, config: StreamConfig, options: BatchOptions,
+                 classify: Classify | None) -> Iterator[dict]:
+    """The rows of ``todo`` as the pool of ClassifyWorker actors makes them, in no particular order."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts files and hours; Ray's counts blocks
+    per_task = options.task_size(len(todo))
+    dataset = ray.data.from_items([{"file": name} for name in todo],
+                                  override_num_blocks=math.ceil(len(todo) / per_task))
+    dataset = dataset.map_batches(
+        ClassifyWorker,
+        fn_constructor_kwargs={"model": model, "config": config, "threads": options.threads_per_worker,
+                               "classify": classify},
+        batch_size=per_task, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.workers),
+        num_cpus=options.cpus_per_worker,
+    )  # Ray Data's actor pools restart dead actors and retry their tasks without limit (max_restarts=-1)
+    for item in dataset.iter_rows():
+        yield json.loads(item["row"])
+
+
+class RowSource:
+    """An actor on the cluster that runs ``dataset_rows`` for a Ray Client driver, which takes rows in turns."""
+
+    def __init__(self, *args: Any) -> None:
+        self._rows = dataset_rows(*args)
+
+    def take(self, count: int) -> list[dict]:
+        return list(itertools.islice(self._rows, count))
+
+
+def rows_from_cluster(ray: Any, *args: Any) -> Iterator[dict]:
+    """``dataset_rows(*args)`` run by a RowSource actor (no CPU of its own), ROWS_PER_CALL rows at a time."""
+    source = ray.remote(num_cpus=0)(RowSource).remote(*args)
+    try:
+        while rows := ray.get(source.take.remote(ROWS_PER_CALL)):
+            yield from rows
+    finally:
+        ray.kill(source)
 
 
 def _start_ray(ray: Any, options: BatchOptions) -> bool:

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 
 from bench import batch as batch_bench
 from bench.__main__ import QUICK
-from service.batch import BatchOptions, ClassifyWorker, ModelFiles, run_batch
+from service.batch import BatchOptions, ClassifyWorker, ModelFiles, rows_from_cluster, run_batch
 from service.batch_output import OutputLock, done_files, error_row, make_writer, read_rows
 from service.batch_sources import SourceError, expand_sources
 from service.cli import build_parser, main
@@ -156,6 +156,15 @@ def test_parquet_and_uris(local_ray, first_run, audio_dir, tiny_model_path, tmp_
     for name in ("sub/music.flac", "bad/corrupt.flac"):
         assert rows[str(audio_dir / name)] == expected[str(audio_dir / name)]
     assert rows[uri] == {**expected[str(audio_dir / "speech.wav")], "file": uri}
+
+
+def test_ray_client_drivers_take_their_rows_from_an_actor(local_ray, first_run, audio_dir, classifier):
+    """--address ray://...: Ray Data runs in a RowSource actor on the cluster (the same rows reach the driver).
+    Here on the local Ray; a Ray Client connection to a `ray start --head` was checked by hand (README)."""
+    files = [str(audio_dir / name) for name in (GOOD[0], BAD[0])]
+    options = BatchOptions(workers=1, files_per_task=1, progress=False)
+    rows = by_file(list(rows_from_cluster(ray, files, ModelFiles.of(classifier), StreamConfig(), options, None)))
+    assert rows == {name: first_run[2][name] for name in files}
 
 
 # ---- resuming and retries
