@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import queue
+import signal
 import threading
+from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -127,15 +129,21 @@ class Capture:
         except queue.Full:
             self.dropped_blocks += 1
 
-    def blocks(self, stop: threading.Event | None = None) -> Iterator[np.ndarray]:
-        """Captured blocks until the device stops (the rest of the queue included) or ``stop`` is set."""
+    def blocks(self, stop: threading.Event | None = None, *, drain: bool = False) -> Iterator[np.ndarray]:
+        """Captured blocks until the device stops (the rest of the queue included) or ``stop`` is set; with
+        ``drain``, the blocks already queued when ``stop`` is seen are still yielded (the audio captured
+        before it)."""
         while stop is None or not stop.is_set():
             try:
                 yield self._queue.get(timeout=POLL_S)
             except queue.Empty:
                 if not self._stream.active:
                     break
-        while stop is None or not stop.is_set():  # the callback may have queued a last block before stopping
+        if stop is not None and stop.is_set():
+            for _ in range(self._queue.qsize() if drain else 0):  # bounded: blocks captured later are left
+                yield self._queue.get_nowait()
+            return
+        while True:  # the device stopped: the callback may have queued a last block before it did
             try:
                 yield self._queue.get_nowait()
             except queue.Empty:
@@ -233,13 +241,43 @@ class RemoteEngine(Engine):
 
 
 def run_capture(capture: Capture, engine: Engine, on_events: Callable[[Events], None],
-                stop: threading.Event | None = None) -> None:
-    """Feed captured blocks to the engine until the device stops, ``stop`` is set or Ctrl-C; then flush it."""
+                stop: threading.Event | None = None, *, drain: bool = False) -> None:
+    """Feed captured blocks to the engine until the device stops, ``stop`` is set or Ctrl-C; then flush it.
+
+    With ``drain``, the blocks captured before ``stop`` was set are classified too (see Capture.blocks).
+    """
     try:
-        for block in capture.blocks(stop):
+        for block in capture.blocks(stop, drain=drain):
             events = engine.push(block)
             if events:
                 on_events(events)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a user ends a live session: close the last segment below
     on_events(engine.finish())
+
+
+@contextmanager
+def ctrl_c_sets(stop: threading.Event) -> Iterator[threading.Event]:
+    """Inside, the first Ctrl-C (SIGINT) sets ``stop`` instead of raising KeyboardInterrupt; a second one raises.
+
+    A KeyboardInterrupt lands wherever the main thread is: half-way through an engine's push (a stream
+    left half-updated, a WebSocket frame half-sent) or between taking the capture queue's lock and the
+    ``with`` that would release it, after which the audio callback waits for that lock for ever and
+    stopping the device hangs. A flag checked between blocks has none of these. Applies in the main
+    thread when Ctrl-C raises KeyboardInterrupt there (Python's default); a SIGINT the process was
+    started with ignored (a background job of a shell) or a handler someone else installed is kept.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield stop
+        return
+
+    def first_ctrl_c(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts the flush
+
+    signal.signal(signal.SIGINT, first_ctrl_c)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

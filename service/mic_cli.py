@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from service.mic import Capture, describe_devices, import_sounddevice, parse_device, run_capture
+    from service.mic import Capture, ctrl_c_sets, describe_devices, import_sounddevice, parse_device, run_capture
     from service.mic_display import LiveDisplay, format_summary
 
     if args.list_devices:
@@ -57,9 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     capture = Capture(parse_device(args.device))
     engine, where = _engine(args, config, capture.sample_rate)
     display = LiveDisplay(sys.stdout, f"{capture.name} → {where}")
-    try:
-        with engine, capture:
-            run_capture(capture, engine, display.update)
+    try:  # Ctrl-C ends the capture between two blocks; what was captured before it is classified
+        with ctrl_c_sets(threading.Event()) as stop, engine, capture:
+            run_capture(capture, engine, display.update, stop, drain=True)
     finally:
         display.close()
     print(format_summary(display.state.seconds_per_label))

@@ -3,8 +3,10 @@
 ``install(monkeypatch, audio, ...)`` puts it in ``sys.modules["sounddevice"]``,
 where service.mic's lazy import finds it. Like PortAudio, the stream calls the
 callback from its own thread, in blocks of ``blocksize`` frames, paced at
-``speed`` times real time; when the audio is over (and ``loop`` is off) the
-stream becomes inactive, as a stream whose callback stopped does.
+``speed`` times real time; when the audio is over (and ``loop`` is off), or
+after ``loop_limit_s`` of looped audio, the stream becomes inactive, as a
+stream whose callback stopped does. ``interrupt_after_s`` presses Ctrl-C
+(``_thread.interrupt_main``) once that much audio has been delivered.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ class FakeSoundDevice:
     PortAudioError = PortAudioError
 
     def __init__(self, audio: np.ndarray, *, speed: float = 1.0, loop: bool = False,
-                 devices: tuple[dict, ...] = (MIC, SPEAKERS), interrupt_after_s: float | None = None) -> None:
+                 devices: tuple[dict, ...] = (MIC, SPEAKERS), interrupt_after_s: float | None = None,
+                 loop_limit_s: float | None = None) -> None:
         self.audio = np.asarray(audio, dtype=np.float32)
         self.speed, self.loop, self.interrupt_after_s = speed, loop, interrupt_after_s
+        self.loop_limit_s = loop_limit_s
         self.devices = [dict(device, index=index) for index, device in enumerate(devices)]
         inputs = [d["index"] for d in self.devices if d["max_input_channels"] > 0]
         outputs = [d["index"] for d in self.devices if d["max_output_channels"] > 0]
@@ -74,6 +78,7 @@ class FakeInputStream:
         self.samplerate, self.channels = samplerate, channels
         self.active = False
         self.closed = False
+        self.delivered_s = 0.0  # audio handed to the callback so far
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, daemon=True)
 
@@ -92,12 +97,15 @@ class FakeInputStream:
     def _play(self) -> None:
         audio, position, started = self.fake.audio, 0, time.monotonic()
         interrupt_at = None if self.fake.interrupt_after_s is None else self.fake.interrupt_after_s * self.samplerate
-        while not self._stop.is_set() and (self.fake.loop or position < audio.size):
+        end = audio.size if not self.fake.loop else None if self.fake.loop_limit_s is None else \
+            round(self.fake.loop_limit_s * self.samplerate)  # samples to play; None: for ever
+        while not self._stop.is_set() and (end is None or position < end):
             block = np.take(audio, range(position, position + self.blocksize), mode="wrap")
-            if not self.fake.loop:
-                block = block[: audio.size - position]
+            if end is not None:
+                block = block[: end - position]
             self.callback(np.repeat(block[:, None], self.channels, axis=1), block.size, None, None)
             position += block.size
+            self.delivered_s = position / self.samplerate
             if interrupt_at is not None and position >= interrupt_at:
                 interrupt_at = None
                 _thread.interrupt_main()  # what Ctrl-C does

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
 import io
+import re
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 from service.app import create_app
 from service.cli import main
 from service.config import Settings
-from service.mic import Capture, LocalEngine, MicError, RemoteEngine, run_capture, stream_url
+from service.mic import Capture, Engine, LocalEngine, MicError, RemoteEngine, ctrl_c_sets, run_capture, stream_url
 from service.mic_display import LiveDisplay
 from service.stream import StreamConfig
 from tests.conftest import make_signal
@@ -21,6 +25,16 @@ from tests.live_server import LiveServer
 
 DEVICE_RATE = int(MIC["default_samplerate"])
 FAST = 10.0  # fake devices play this many times faster than real time
+LOOP_LIMIT_S = 60.0  # a looping fake device stops after this much audio: a lost Ctrl-C fails a test, never hangs it
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C (SIGINT) raising KeyboardInterrupt, as in a terminal, whatever the test runner inherited: a
+    shell's background job starts with SIGINT ignored, and then _thread.interrupt_main() does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def capture_events(engine_for, audio: np.ndarray, monkeypatch) -> list[dict]:
@@ -57,13 +71,77 @@ def test_mic_command_prints_segments_and_summary(tiny_model_path, monkeypatch, c
     assert summary.index("music") < summary.index("noise")  # longest first
 
 
-def test_ctrl_c_ends_cleanly_with_a_summary(tiny_model_path, monkeypatch, capsys):
+def test_ctrl_c_ends_cleanly_with_a_summary(tiny_model_path, monkeypatch, capsys, ctrl_c_raises):
     fake = install(monkeypatch, make_signal("noise", 2.0, sample_rate=DEVICE_RATE), speed=FAST, loop=True,
-                   interrupt_after_s=1.5)
+                   interrupt_after_s=1.5, loop_limit_s=LOOP_LIMIT_S)
     assert main(["mic", "--model", str(tiny_model_path)]) == 0
     out = capsys.readouterr().out
     assert "Summary" in out and "noise" in out
+    # the audio captured before Ctrl-C is all classified; the device was stopped by it, not by running out
+    summary_s = float(re.search(r"Summary: ([\d.]+) s of audio", out).group(1))
+    assert 1.5 <= summary_s <= fake.streams[0].delivered_s < LOOP_LIMIT_S
     assert fake.streams[0].closed and not fake.streams[0].active
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Python's again
+
+
+class CountingEngine(Engine):
+    """Presses Ctrl-C in the middle of its third push; counts the pushes begun and finished."""
+
+    def __init__(self) -> None:
+        self.begun = self.finished = 0
+
+    def push(self, block: np.ndarray) -> list[dict]:
+        self.begun += 1
+        if self.begun == 3:
+            _thread.interrupt_main()
+        for _ in range(10_000):  # many points where a KeyboardInterrupt would land
+            pass
+        self.finished += 1
+        return []
+
+    def finish(self) -> list[dict]:
+        return [{"type": "finished"}]
+
+
+def test_ctrl_c_never_lands_inside_the_engine(monkeypatch, ctrl_c_raises):
+    """A KeyboardInterrupt could land half-way through a push (or between taking the capture queue's lock
+    and releasing it); under ctrl_c_sets the first Ctrl-C only sets a flag that the loop reads between blocks."""
+    fake = install(monkeypatch, make_signal("noise", 1.0, sample_rate=DEVICE_RATE), speed=FAST, loop=True,
+                   loop_limit_s=LOOP_LIMIT_S)
+    engine, events = CountingEngine(), []
+    capture = Capture()
+    with ctrl_c_sets(threading.Event()) as stop, engine, capture:
+        run_capture(capture, engine, events.extend, stop, drain=True)
+    assert stop.is_set()
+    assert engine.finished == engine.begun >= 3
+    assert events == [{"type": "finished"}]
+    assert fake.streams[0].delivered_s < LOOP_LIMIT_S
+
+
+def test_a_second_ctrl_c_interrupts(ctrl_c_raises):
+    """The first Ctrl-C asks for a clean end; a second one (the end is taking too long) raises as usual."""
+    with pytest.raises(KeyboardInterrupt), ctrl_c_sets(threading.Event()) as stop:
+        _thread.interrupt_main()
+        for _ in range(10**7):
+            if stop.is_set():
+                break
+        assert stop.is_set()
+        _thread.interrupt_main()
+        for _ in range(10**7):
+            pass
+        pytest.fail("the second Ctrl-C did not raise")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_sets_keeps_an_ignored_sigint():
+    """A process started with SIGINT ignored (a shell's background job) keeps it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ctrl_c_sets(threading.Event()):
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_server_mode_gives_the_local_events(classifier, monkeypatch):
