@@ -20,9 +20,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-# What a folder contributes: the formats libsndfile reads (service.audio.READABLE_FORMATS), by suffix.
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                            ".au", ".snd", ".caf", ".w64", ".rf64", ".wv"})
+from service.audio import AUDIO_SUFFIXES  # what a folder contributes, by suffix
+
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 CSV_SUFFIX = ".csv"
 PATH_COLUMN = "path"
