@@ -6,6 +6,12 @@ IntervalTier per file) and the stream's events as JSON lines (``--format
 events``; ``--events`` chooses label events every hop, on change only, or
 none, as WS /v1/stream's ``events`` parameter does). An unreadable file gets a one-line error on stderr
 and a non-zero exit status; the other files are still classified.
+
+A folder stands for the audio and video files under it (by suffix,
+recursively, sorted); ``-`` for standard input, read whole first (spooled to
+disk past 1 MB: the decoders need to seek). What decoder libraries print
+themselves (libmpg123's notes on damaged MP3 frames) is kept off stderr
+unless ``--log-level DEBUG``.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ import argparse
 import csv
 import io
 import json
+import os
+import shutil
 import sys
+import tempfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
-from service.audio import AudioError
-from service.cli import CommandError, positive_int
+from service.audio import AUDIO_SUFFIXES, AudioError
+from service.cli import CommandError, native_stderr_silenced, positive_int
 from service.stream import EVENT_MODES, OPTION_FIELDS, StreamConfig
 
 if TYPE_CHECKING:
@@ -28,6 +38,9 @@ if TYPE_CHECKING:
 
 LONG_INPUT_S = 60.0  # show a progress bar (on stderr, if it is a terminal) for longer files
 CSV_COLUMNS = ["file", "labels", "start", "stop", "confidence"]
+STDIN = "-"
+STDIN_OUTPUT_STEM = "stdin"  # its output's name in --output-dir
+SPOOL_MEMORY_BYTES = 1 << 20
 _DEFAULTS = StreamConfig()
 
 
@@ -37,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="label speech / music / noise / silence segments of audio files",
         description="Classify audio files with the streaming engine and print their segments.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3, ...)")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="audio or video files (WAV, FLAC, OGG, MP3, M4A, AMR, MP4, MKV, ...), folders "
+                             "(their audio and video files, recursively), or - for standard input")
     parser.add_argument("--format", choices=sorted([*FORMATS, "events"]), default="json",
                         help="json: one JSON object per line and file; csv: one row per segment; "
                              "textgrid: Praat TextGrid; events: the stream's events, one JSON object per line "
@@ -73,17 +88,28 @@ def add_analysis_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = stream_config(args)
+    args.files = expand_inputs(args.files)
     outputs = output_paths(args)
     classifier = load_classifier(args.model, args.threads)
+    with ExitStack() as stack:
+        if args.log_level != "DEBUG":
+            stack.enter_context(native_stderr_silenced())
+        sources = {name: stack.enter_context(stdin_audio()) if name == STDIN else name for name in args.files}
+        if args.format == "events":
+            return write_events(args, classifier, replace(config, events=args.events), sources, outputs)
+        return write_results(args, classifier, config, sources, outputs)
+
+
+def write_results(args: argparse.Namespace, classifier, config: StreamConfig, sources: dict[str, str | BinaryIO],
+                  outputs: dict[str, Path] | None) -> int:
+    """One result per file, in --format json, csv or textgrid."""
     from service.stream import classify_file  # after the model: nothing heavy before argument checks
 
-    if args.format == "events":
-        return write_events(args, classifier, replace(config, events=args.events), outputs)
     failures = written = 0
-    for path in args.files:
+    for path, source in sources.items():
         bar = ProgressBar(path)
         try:
-            result = classify_file(path, classifier, config, progress=bar)
+            result = classify_file(source, classifier, config, file=path, progress=bar)
         except AudioError as error:
             print(f"swishnet: error: {path}: {error}", file=sys.stderr)
             failures += 1
@@ -100,16 +126,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def write_events(args: argparse.Namespace, classifier, config: StreamConfig, outputs: dict[str, Path] | None) -> int:
+def write_events(args: argparse.Namespace, classifier, config: StreamConfig, sources: dict[str, str | BinaryIO],
+                 outputs: dict[str, Path] | None) -> int:
     """--format events: each file's events as JSON lines, written as they come (no file is held in memory)."""
     from service.stream import file_events
 
     failures = 0
-    for path in args.files:
+    for path, source in sources.items():
         bar = ProgressBar(path)
         out = sys.stdout if outputs is None else outputs[path].open("w", encoding="utf-8")
         try:
-            for event in file_events(path, classifier, config, progress=bar):
+            for event in file_events(source, classifier, config, progress=bar):
                 out.write(json.dumps({"file": path, **event.to_dict()}) + "\n")
         except AudioError as error:
             print(f"swishnet: error: {path}: {error}", file=sys.stderr)
@@ -121,6 +148,39 @@ def write_events(args: argparse.Namespace, classifier, config: StreamConfig, out
             else:
                 out.close()
     return 1 if failures else 0
+
+
+def expand_inputs(names: list[str]) -> list[str]:
+    """FILE arguments as files: a folder becomes the audio and video files under it (recursively, sorted);
+    ``-`` (standard input) may come once."""
+    if names.count(STDIN) > 1:
+        raise CommandError("standard input (-) can be read only once")
+    files: list[str] = []
+    for name in names:
+        if name == STDIN or not os.path.isdir(name):
+            files.append(name)
+            continue
+        found = sorted(os.path.join(root, file) for root, _, names_there in os.walk(name, followlinks=True)
+                       for file in names_there if Path(file).suffix.lower() in AUDIO_SUFFIXES)
+        if not found:
+            raise CommandError(f"{name} is a folder with no audio or video files in it (searched recursively "
+                               f"for {', '.join(sorted(AUDIO_SUFFIXES))})")
+        files += found
+    return list(dict.fromkeys(files))  # each file once, in order
+
+
+@contextmanager
+def stdin_audio() -> Iterator[BinaryIO]:
+    """Standard input as a seekable binary file: itself when it is a regular file (``< file``), else its
+    bytes spooled (to disk past SPOOL_MEMORY_BYTES) until the end of input."""
+    stdin = sys.stdin.buffer
+    if stdin.seekable():
+        yield stdin
+        return
+    with tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES) as spool:
+        shutil.copyfileobj(stdin, spool)
+        spool.seek(0)
+        yield spool
 
 
 def stream_config(args: argparse.Namespace) -> StreamConfig:
@@ -138,7 +198,8 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path] | None:
             raise CommandError("a TextGrid describes one file: give one FILE, or --output-dir for several")
         return None
     suffix = {"json": ".json", "csv": ".csv", "textgrid": ".TextGrid", "events": ".events.jsonl"}[args.format]
-    paths = {name: args.output_dir / (Path(name).stem + suffix) for name in args.files}
+    paths = {name: args.output_dir / ((STDIN_OUTPUT_STEM if name == STDIN else Path(name).stem) + suffix)
+             for name in args.files}
     if len(set(paths.values())) < len(paths):
         raise CommandError("several FILEs have the same name; their outputs in --output-dir would collide")
     try:

@@ -10,10 +10,13 @@ parsers; heavy imports (torch, onnxruntime) happen inside the handlers, so
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from importlib.metadata import entry_points
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, TextIO
 
 from service import __version__
 
@@ -34,6 +37,48 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Inside, what C libraries print on stderr themselves (libmpg123's notes on damaged MP3 frames) goes
+    to /dev/null, while Python's sys.stderr (errors, logging, progress bars) still reaches the real stderr.
+
+    File descriptor 2 is pointed at /dev/null; when sys.stderr writes to it, sys.stderr (and the logging
+    handlers that use it) are moved to a duplicate of the real stderr for the duration. For one command in
+    its own process: the descriptor is shared by every thread.
+    """
+    try:
+        python_uses_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # replaced by a test's capture, or closed
+        python_uses_fd2 = False
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    original = sys.stderr
+    if python_uses_fd2:
+        _move_stderr(original, os.fdopen(os.dup(real_stderr), "w", encoding=original.encoding,
+                                         errors=original.errors, buffering=1))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        if python_uses_fd2:
+            moved = sys.stderr
+            _move_stderr(moved, original)
+            moved.close()
+        os.dup2(real_stderr, 2)
+        os.close(real_stderr)
+
+
+def _move_stderr(old: TextIO, new: TextIO) -> None:
+    """sys.stderr and the logging handlers that write to ``old`` write to ``new``."""
+    old.flush()
+    sys.stderr = new
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+            handler.setStream(new)
 
 
 def register_version(subparsers: argparse._SubParsersAction) -> None:

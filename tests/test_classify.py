@@ -212,3 +212,73 @@ def test_events_format_with_an_output_dir(capsys, tiny_model_path, audio_files, 
     assert code == 1 and out == "" and "broken.wav" in err
     lines = (tmp_path / "out" / "mono.events.jsonl").read_text().splitlines()
     assert [json.loads(line)["label"] for line in lines] == KINDS
+
+
+def run_cli(*args: object, **options) -> subprocess.CompletedProcess:
+    """``swishnet ARGS`` in a new process (its stdin and stderr are real file descriptors)."""
+    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], capture_output=True, **options)
+
+
+def test_stdin_from_a_pipe_and_from_a_file(tiny_model_path, audio_files, tmp_path):
+    """``-`` reads standard input: a pipe is spooled to its end, a redirected file is read in place."""
+    from tests.media import write_format
+
+    m4a = write_format(tmp_path / "parts.m4a", "m4a", parts_audio(44_100))
+    expected = run_cli("classify", m4a, "--model", tiny_model_path, "--format", "csv")
+    assert expected.returncode == 0, expected.stderr
+    piped = run_cli("classify", "-", "--model", tiny_model_path, "--format", "csv", input=m4a.read_bytes())
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == expected.stdout.replace(str(m4a).encode(), b"-")
+    with audio_files[1].open("rb") as flac:
+        redirected = run_cli("classify", "-", "--model", tiny_model_path, stdin=flac)
+    assert redirected.returncode == 0, redirected.stderr
+    result = json.loads(redirected.stdout)
+    assert result["file"] == "-" and [s["label"] for s in result["segments"]] == KINDS
+
+
+def test_stdin_only_once(capsys, tiny_model_path):
+    code, _, err = classify(capsys, "-", "-", "--model", tiny_model_path)
+    assert code == 2 and "standard input (-) can be read only once" in err
+
+
+def test_a_folder_is_classified_recursively(capsys, tiny_model_path, tmp_path):
+    from tests.media import write_format
+
+    folder = tmp_path / "recordings"
+    (folder / "b" / "deeper").mkdir(parents=True)
+    sf.write(folder / "a.wav", parts_audio(), SAMPLE_RATE)
+    write_format(folder / "b" / "deeper" / "c.m4a", "m4a", parts_audio(44_100))
+    sf.write(folder / "b" / "d.flac", parts_audio(), SAMPLE_RATE)
+    (folder / "b" / "notes.txt").write_text("not audio")
+    code, out, err = classify(capsys, folder, "--model", tiny_model_path, "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    expected = [str(folder / "a.wav"), str(folder / "b" / "d.flac"), str(folder / "b" / "deeper" / "c.m4a")]
+    assert list(dict.fromkeys(row["file"] for row in rows)) == expected
+    assert [row["labels"] for row in rows if row["file"] == expected[2]] == KINDS
+
+
+def test_a_folder_without_audio_is_refused(capsys, tiny_model_path, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("hello")
+    code, out, err = classify(capsys, tmp_path / "docs", "--model", tiny_model_path)
+    assert code == 2 and out == ""
+    assert "is a folder with no audio or video files in it" in err and ".m4a" in err
+
+
+def test_decoder_chatter_only_with_debug_logging(tiny_model_path, tmp_path):
+    """libmpg123 prints notes about damaged MP3 frames on stderr by itself; they are shown only with
+    --log-level DEBUG, while swishnet's own errors always are."""
+    mp3 = io.BytesIO()
+    sf.write(mp3, parts_audio(44_100), 44_100, format="MP3")
+    data = mp3.getvalue()
+    damaged = tmp_path / "damaged.mp3"
+    junk = np.random.default_rng(0).integers(0, 256, 50, dtype=np.uint8).tobytes()
+    damaged.write_bytes(data[: len(data) // 2] + junk + data[len(data) // 2 :])
+    missing = tmp_path / "missing.wav"
+    debug = run_cli("--log-level", "DEBUG", "classify", damaged, "--model", tiny_model_path, text=True)
+    assert "Illegal Audio-MPEG-Header" in debug.stderr  # the chatter exists
+    quiet = run_cli("classify", damaged, missing, "--model", tiny_model_path, text=True)
+    assert quiet.returncode == 1
+    assert json.loads(quiet.stdout)["file"] == str(damaged)
+    assert quiet.stderr == f"swishnet: error: {missing}: no such audio file: {missing}\n"
