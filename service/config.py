@@ -6,10 +6,27 @@ live in service.features and travel with each model's card.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ANY_INTERFACE = ("0.0.0.0", "::", "")
+
+Names = Annotated[tuple[str, ...], NoDecode]  # from the environment as a comma-separated list
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address or host name reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -17,7 +34,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWISHNET_", frozen=True)
 
-    host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 to accept remote clients.")
+    host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 to accept remote clients (then set "
+                      "api_key, allowed_hosts and allowed_origins: see the README's Security section).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     workers: int = Field(1, ge=1, description="Server processes (each loads its own copy of the model).")
     model_path: Path | None = Field(None, description="ONNX model to serve; default: the bundled SwishNet-slim.")
@@ -27,8 +45,16 @@ class Settings(BaseSettings):
                                   "in progress, so this bounds its wait (about 10 ms for SwishNet-slim on one core).")
     max_upload_bytes: int = Field(100 * 2**20, ge=1, description="Largest accepted upload to /v1/classify.")
     max_upload_duration_s: float = Field(3 * 3600, gt=0, description="Longest accepted upload, in seconds of audio.")
+    min_upload_bytes_per_s: float = Field(
+        400.0, ge=0, description="Past its first minute, an upload must hold at least this many bytes per second "
+        "of audio (3.2 kbit/s, below any codec's lowest rate; Opus goes down to 6 kbit/s): a small file that "
+        "decodes to hours (a decompression bomb) is refused with 413 instead of costing minutes of CPU. 0: off.")
+    upload_timeout_s: float = Field(15.0, gt=0, description="Longest wait for the next part of an upload's body; "
+                                    "a client that stalls longer gets 408 and its connection is closed.")
     max_rest_jobs: int = Field(2, ge=1, description="Uploads classified at once; more wait their turn, so uploads "
                                "never take the threads streams need.")
+    max_rest_queue: int = Field(16, ge=0, description="Uploads that may wait (or still be arriving) beyond "
+                                "max_rest_jobs; more are refused at once with 503 and Retry-After.")
     max_streams: int = Field(256, ge=1, description="Concurrent /v1/stream streams, and separately /v1/live "
                              "subscribers; more are refused (close 1013).")
     max_stream_speed: float = Field(
@@ -36,9 +62,27 @@ class Settings(BaseSettings):
     )
     stream_burst_s: float = Field(10.0, ge=0, description="Audio a stream may send ahead of the speed limit.")
     max_message_bytes: int = Field(4 * 2**20, ge=1, description="Largest WebSocket message accepted.")
+    max_pending_events: int = Field(
+        256, ge=1, description="Events a /v1/stream client may leave unread beyond what its connection's buffers "
+        "hold; past it the client is too slow (or not reading) and is closed with 1008.")
     ws_deflate: bool = Field(False, description="Accept permessage-deflate when a client offers it (browsers do); "
                              "off by default: it costs CPU on both ends for little gain on PCM audio and short events.")
     idle_timeout_s: float = Field(30.0, gt=0, description="A stream that sends nothing for this long is closed.")
+    shutdown_timeout_s: float = Field(
+        8.0, gt=0, description="On SIGTERM, the longest the service waits for its connections before it ends "
+        "them; below `docker stop`'s default 10 s. Every WebSocket client that still reads gets 1012 first.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, every endpoint but /healthz, the web page and the API docs needs it "
+        "(Authorization: Bearer KEY or X-API-Key: KEY; browsers' WebSockets: subprotocol swishnet.key.BASE64URL).")
+    api_key_file: Path | None = Field(None, description="A file holding the key (e.g. a container secret); "
+                                      "its surrounding white space is ignored.")
+    allowed_hosts: Names = Field(
+        LOOPBACK_HOSTS, description="Host names (Host header, port ignored) the service answers to; "
+        "'*.example.com' for subdomains, '*' for any. The address in `host` is always allowed. Others get 400, "
+        "which stops DNS rebinding.")
+    allowed_origins: Names = Field(
+        (), description="Web origins (scheme://host[:port]) whose pages may open WebSockets and send uploads, "
+        "besides the service's own origin; '*' for any. Requests without Origin (CLIs, scripts) are not affected.")
     mic_device: str | None = Field(
         None, description="Input device to classify live and publish on WS /v1/live: 'default', an index or part of "
         "a name (see swishnet mic --list-devices). Unset: no live input."
@@ -47,8 +91,51 @@ class Settings(BaseSettings):
         256, ge=1, description="Events a /v1/live subscriber may fall behind; beyond it its oldest are dropped."
     )
 
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_have_a_scheme(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if origin != "*" and "://" not in origin:
+                raise ValueError(f"origin {origin!r} needs its scheme, as browsers send it: e.g. https://{origin}")
+        return tuple(origin.rstrip("/").lower() for origin in origins)
+
     @model_validator(mode="after")
     def _one_capture(self) -> Settings:
         if self.mic_device is not None and self.workers > 1:
             raise ValueError("live input (mic_device) needs a single worker: each worker would open the device")
         return self
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Settings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set api_key or api_key_file, not both")
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("api_key is empty")
+        return self
+
+    def key(self) -> str | None:
+        """The API key, read from api_key or api_key_file; None when the service is open."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value().strip()
+        if self.api_key_file is None:
+            return None
+        try:
+            key = self.api_key_file.read_text().strip()
+        except OSError as error:
+            raise ValueError(f"cannot read api_key_file {self.api_key_file}: {error.strerror}") from None
+        if not key:
+            raise ValueError(f"api_key_file {self.api_key_file} is empty")
+        return key
+
+    def hosts(self) -> tuple[str, ...]:
+        """allowed_hosts, plus the bind address when it is a specific one."""
+        if self.host in ANY_INTERFACE or self.host in self.allowed_hosts:
+            return self.allowed_hosts
+        return (*self.allowed_hosts, self.host)

@@ -8,9 +8,10 @@ up the capture or the other subscribers.
 
 Subscribers get the events of the one endless stream that began when the
 service started: times are seconds since then. When the device stops, they
-get an error message and close code 1011. When the service stops, uvicorn
-closes every WebSocket with 1012 before the lifespan ends; 1001 is what a
-server that leaves them open until then would send.
+get an error message and close code 1011. When the service stops, every
+WebSocket gets an error message and 1012 before the lifespan ends
+(service.server); 1001 is what a server that leaves them open until then
+would send.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi import APIRouter, WebSocket
 
 from service.mic import Capture, Events, LocalEngine, parse_device, run_capture
 from service.stream import StreamConfig
-from service.websocket import StreamClosed, close_stream
+from service.websocket import StreamClosed, accept, close_stream
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -129,7 +130,7 @@ def _broadcast(capture: Capture, engine: LocalEngine, broadcaster: Broadcaster, 
 @router.websocket("/v1/live")
 async def live_endpoint(ws: WebSocket) -> None:
     """The events of the service's own input device (swishnet serve --mic), as WS /v1/stream sends them."""
-    await ws.accept()
+    await accept(ws)
     broadcaster: Broadcaster | None = ws.app.state.live
     if broadcaster is None:
         await close_stream(ws, LIVE_OFF)

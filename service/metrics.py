@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "STREAM_OUTCOMES"]
+
+STREAM_OUTCOMES = {
+    "completed": "the client sent the end message, or closed, and the stream ended normally",
+    "client_gone": "the connection ended without a close from the server (client left, reset)",
+    "slow_client": "the client did not read its events (1008): too many waiting, or no answer to a ping",
+    "shutdown": "the service stopped (1012)",
+    "error_CODE": "closed by the server with CODE after an error message (1003, 1007, 1008, 1009, 1013)",
+    "error_1011": "an internal error (a bug or a model failure; the log has the traceback)",
+}
 
 
 class Metrics:
@@ -13,13 +22,28 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_open_fds, CPU seconds
         self.requests = Counter(
             "swishnet_requests", "HTTP requests answered, by route and status.", ["route", "status"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "swishnet_refused", "Requests and WebSocket handshakes refused before any route, by reason "
+            "(host: not an allowed host; origin: a foreign page; key: missing or wrong key).", ["reason"],
+            registry=self.registry,
+        )
+        self.uploads_admitted = Gauge(
+            "swishnet_uploads_admitted", "Uploads in hand now: being received, waiting or classified.",
+            registry=self.registry,
+        )
+        self.uploads_refused = Counter(
+            "swishnet_uploads_refused", "Uploads refused with 503 because the upload queue was full.",
+            registry=self.registry,
+        )
         self.streams_open = Gauge("swishnet_streams_open", "WebSocket streams open now.", registry=self.registry)
         self.streams_total = Counter(
-            "swishnet_streams", "WebSocket streams ended, by how they ended.", ["outcome"], registry=self.registry
+            "swishnet_streams", "WebSocket streams ended, by how they ended (see STREAM_OUTCOMES).", ["outcome"],
+            registry=self.registry,
         )
         self.live_subscribers = Gauge("swishnet_live_subscribers", "WS /v1/live subscribers now.",
                                       registry=self.registry)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 
 from pydantic import ValidationError
 
 from service.cli import CommandError
 from service.config import Settings
+from service.server import uvicorn_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,18 +46,21 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[f"SWISHNET_{name.upper()}"] = str(value)
     settings = _settings()
     try:  # fail here, with one clear line, rather than in every worker's start-up
+        settings.key()
         Classifier(settings.model_path)
-    except ModelError as error:
+    except (ModelError, ValueError) as error:
         raise CommandError(str(error)) from None
     _check_mic(settings.mic_device)
-    # uvicorn buffers a whole WebSocket message before the app sees it: cap that buffer near our own
-    # limit, leaving room for messages just over it to get the app's 1009 with an explanation.
-    # permessage-deflate is declined unless asked for: events are small JSON and audio compresses poorly, so it
-    # cost both ends CPU and, on a busy 2-core machine, multiplied label latency (bench service section).
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=args.log_level.lower(), ws_max_size=2 * settings.max_message_bytes,
-                ws_per_message_deflate=settings.ws_deflate)
+                workers=settings.workers, log_level=args.log_level.lower(), **uvicorn_options(settings))
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM is how containers and service managers stop a service: exit status 0. uvicorn catches it while
+    it serves, shuts down within settings.shutdown_timeout_s, then raises it again to this handler."""
+    raise SystemExit(0)
 
 
 def _settings() -> Settings:

@@ -8,15 +8,17 @@ import time
 
 import uvicorn
 
+from service.server import uvicorn_options
+
 
 class LiveServer:
-    """A uvicorn server in a background thread, on a free loopback port."""
+    """A uvicorn server in a background thread, on a free loopback port, run as `swishnet serve` runs it."""
 
     def __init__(self, app) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=8 * 2**20))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **uvicorn_options(app.state.settings)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "LiveServer":
@@ -30,7 +32,7 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=20)
 
     @property
     def http(self) -> str:

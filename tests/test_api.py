@@ -292,7 +292,7 @@ def test_uploads_beyond_max_rest_jobs_wait_their_turn_and_streams_go_on(classifi
         with ThreadPoolExecutor(5) as pool:
             uploads = [pool.submit(httpx.post, f"{live.http}/v1/classify", content=data, timeout=60) for _ in range(5)]
             deadline = time.monotonic() + 30
-            while app.state.rest_jobs.statistics().tasks_waiting < 3:  # two run (held), three queue
+            while app.state.uploads.limiter.statistics().tasks_waiting < 3:  # two run (held), three queue
                 assert time.monotonic() < deadline, "the uploads never queued"
                 time.sleep(0.01)
             events, code = stream_file(live.ws(), (scene() * 32767).astype("<i2").tobytes(), [])
