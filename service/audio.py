@@ -27,6 +27,7 @@ MAX_SAMPLE_RATE = 384_000
 MAX_CHANNELS = 64
 RESAMPLE_QUALITY = "HQ"
 DECODE_BLOCK_S = 10.0  # files decode in blocks of this much audio ...
+SNDFILE_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count when the header does not tell the length
 DECODE_BLOCK_VALUES = 1 << 20  # ... or of this many samples over all channels (4 MB), whichever is smaller
 READABLE_FORMATS = ("WAV, FLAC, OGG (Vorbis, Opus), MP3, M4A/AAC, AMR, WMA, the audio track of video files "
                     "(MP4, MKV, WebM, AVI, MOV), or anything else libsndfile or FFmpeg reads")
@@ -131,13 +132,29 @@ class SndfileReader:
 
     def __init__(self, handle: sf.SoundFile) -> None:
         self._handle = handle
-        self.samplerate, self.channels, self.frames = handle.samplerate, handle.channels, handle.frames
+        self.samplerate, self.channels = handle.samplerate, handle.channels
+        self.frames = 0 if handle.frames >= SNDFILE_UNKNOWN_FRAMES else handle.frames
 
     def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
         try:
-            yield from self._handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+            if self.frames:
+                yield from self._handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+            else:
+                yield from self._blocks_of_unknown_length(block_frames)
         except (sf.LibsndfileError, RuntimeError) as error:
             raise _corrupt(error) from None
+
+    def _blocks_of_unknown_length(self, block_frames: int) -> Iterator[np.ndarray]:
+        """Blocks of a file whose header has no length (a FLAC written to a pipe), by libsndfile's own call:
+        soundfile's read seeks after each block, which libsndfile cannot do in such a file, and raises the
+        error libsndfile flags at its end (FLAC: "lost sync") before handing over the last frames."""
+        while True:
+            block = np.empty((block_frames, self.channels), dtype=np.float32)
+            count = sf._snd.sf_readf_float(self._handle._file, sf._ffi.cast("float *", block.ctypes.data),
+                                           block_frames)
+            if count <= 0:
+                return
+            yield block[:count]
 
     def close(self) -> None:
         self._handle.close()
