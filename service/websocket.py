@@ -79,10 +79,12 @@ class StreamClosed(Exception):
 
 
 class Outbox:
-    """A stream's outgoing events: a queue that one task sends from, bounded by ``limit`` events.
+    """A stream's outgoing events: a queue that one task sends from.
 
-    ``put`` never waits: a client that has left ``limit`` events unsent is closed (StreamClosed 1008,
-    outcome slow_client). A send that fails (the client left) ends the task; the stream hears of the
+    ``put`` never waits. A client is too slow when its connection's buffers are full (the sender waits for
+    room) and ``limit`` more events wait behind them: it is closed (StreamClosed 1008, outcome
+    slow_client). While the sender is not stuck, the queue may briefly hold more, as one big message's
+    events arrive at once. A send that fails (the client left) ends the task; the stream hears of the
     departure from its next receive.
     """
 
@@ -90,19 +92,22 @@ class Outbox:
         self.ws = ws
         self.limit = limit
         self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.sending = False  # the sender is inside a send: with uvicorn, only a full buffer keeps it there
         self.task = asyncio.create_task(self._send_all())
 
     def put(self, events: list[Event]) -> None:
+        if self.sending and self.queue.qsize() >= self.limit:
+            raise StreamClosed(1008, f"the client is not reading its events ({self.queue.qsize()} are waiting "
+                                     "behind full buffers); closing", outcome="slow_client")
         for event in events:
-            if self.queue.qsize() >= self.limit:
-                raise StreamClosed(1008, f"the client is not reading its events ({self.limit} are waiting); "
-                                         "closing", outcome="slow_client")
             self.queue.put_nowait(json.dumps(event.to_dict()))
 
     async def _send_all(self) -> None:
         while True:
             text = await self.queue.get()
+            self.sending = True
             await self.ws.send_text(text)
+            self.sending = False
             self.queue.task_done()
 
     async def flush(self, timeout_s: float) -> None:
