@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from service.cli import needs_extra
+
 
 def register_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to ONNX with its model card "
@@ -25,7 +27,8 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from export.ship import ship
+    with needs_extra("train", "swishnet export"):
+        from export.ship import ship
 
     card = ship(args.checkpoint, args.out, args.quantize, args.corpus, args.split, args.seed, args.workers)
     print(json.dumps({"onnx": str(args.out), "sha256": card["onnx_sha256"], "parity": card["parity_max_abs_diff"],

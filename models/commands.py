@@ -9,6 +9,7 @@ from pathlib import Path
 
 from models.corpus_config import DEFAULT_OUT as DEFAULT_CORPUS
 from models.options import TrainOptions
+from service.cli import needs_extra
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +54,8 @@ def _dilations(text: str) -> tuple[int, ...]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.train import train
+    with needs_extra("train", "swishnet train"):
+        from models.train import train
 
     options = TrainOptions(
         corpus=args.corpus, out=args.out, arch=args.arch, dilations=args.dilations, epochs=args.epochs,
@@ -81,8 +83,9 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models.card import card_for_model, write_card
-    from models.evaluate import evaluate
+    with needs_extra("train", "swishnet evaluate"):
+        from models.card import card_for_model, write_card
+        from models.evaluate import evaluate
 
     card = card_for_model(args.model)
     card["metrics"] = evaluate(args.model, args.corpus, args.split, args.seed, args.workers)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.corpus_config import DEFAULT_CACHE, DEFAULT_OUT
-from service.cli import CommandError
+from models.corpus_config import DEFAULT_OUT
+from service.cli import CommandError, needs_extra
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     build.add_argument("--sources", nargs="+", metavar="NAME", help="only these packages (default: all listed)")
     build.add_argument("--sources-file", type=Path, help="sources file (default: models/corpus_sources.yaml)")
-    build.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=".deb cache (default: %(default)s)")
+    build.add_argument("--cache", type=Path, help=".deb cache (default: 'debs' beside the --out folder)")
     build.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
     build.set_defaults(handler=_build)
 
@@ -43,13 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from models.corpus import build
-    from models.corpus_config import DEFAULT_SOURCES_FILE, load_sources
-    from models.debian_sources import DebianSourceError
+    with needs_extra("train", "swishnet corpus build"):
+        from models.corpus import build
+        from models.corpus_config import DEFAULT_SOURCES_FILE, load_sources
+        from models.debian_sources import DebianSourceError
 
+        sources = load_sources(args.sources_file or DEFAULT_SOURCES_FILE)
     try:
-        build(load_sources(args.sources_file or DEFAULT_SOURCES_FILE), args.out, args.sources, args.cache,
-              _jobs(args.jobs))
+        build(sources, args.out, args.sources, args.cache or args.out.parent / "debs", _jobs(args.jobs))
     except DebianSourceError as error:  # CorpusError is a CommandError already
         raise CommandError(str(error)) from None
     print(f"corpus written to {args.out}; report: {args.out / 'CORPUS.md'}")

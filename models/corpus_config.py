@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Mapping
+
+import platformdirs
 
 from models.debian_sources import matches_any
 from models.labels import LABELS
@@ -14,8 +17,10 @@ from service.cli import CommandError
 SPLITS = ("train", "val", "test")
 STYLES = ("", "band")  # "band": music driven by drums, guitars and bass (rock, pop, metal, electronic)
 DEFAULT_SOURCES_FILE = Path(__file__).with_name("corpus_sources.yaml")
-DEFAULT_OUT = Path("/work/data/corpus")  # shared: training reads it
-DEFAULT_CACHE = Path("/work/data/debs")
+# Where corpus data goes by default: $SWISHNET_DATA_DIR, else the user's cache folder (~/.cache/swishnet on Linux).
+DATA_DIR = Path(os.environ.get("SWISHNET_DATA_DIR") or platformdirs.user_cache_path("swishnet"))
+DEFAULT_OUT = DATA_DIR / "corpus"  # shared: training reads it
+DEFAULT_CACHE = DATA_DIR / "debs"
 
 
 class CorpusError(CommandError):

@@ -13,9 +13,11 @@ import argparse
 import io
 import logging
 import os
+import shlex
 import sys
 from contextlib import contextmanager
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 from service import __version__
@@ -26,6 +28,28 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 class CommandError(Exception):
     """A failure a user can fix; printed as one line, exit status 2."""
+
+
+def install_command(extra: str) -> str:
+    """The command that installs an extra into the environment running this: from the source folder when
+    swishnet runs from one (the README's way), else by name."""
+    source = Path(__file__).resolve().parents[1]
+    target = f"{source}[{extra}]" if (source / "pyproject.toml").is_file() else f"swishnet[{extra}]"
+    editable = ["-e"] if (source / "pyproject.toml").is_file() else []
+    return shlex.join([sys.executable, "-m", "pip", "install", *editable, target])
+
+
+@contextmanager
+def needs_extra(extra: str, what: str) -> Iterator[None]:
+    """Inside, a package that is not installed (ModuleNotFoundError for a module outside swishnet) is a
+    CommandError that names the extra to install and the command that installs it."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] in ("service", "models", "export"):
+            raise  # our own module missing is a bug, not a missing extra
+        raise CommandError(f"{what} needs the {extra} extra ({error.name} is not installed); install it with: "
+                           f"{install_command(extra)}") from None
 
 
 def positive_int(text: str) -> int:
@@ -94,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run 'swishnet COMMAND --help' for the options of each command."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"swishnet {__version__}")
     _add_log_level(parser, "INFO")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for entry in sorted(entry_points(group="swishnet.commands"), key=lambda e: e.name):

@@ -47,7 +47,10 @@ def import_sounddevice() -> ModuleType:
     try:
         import sounddevice
     except ImportError:
-        raise MicError("the microphone needs the sounddevice package: pip install 'swishnet[mic]'") from None
+        from service.cli import install_command
+
+        raise MicError("the microphone needs the mic extra (the sounddevice package); install it with: "
+                       f"{install_command('mic')}") from None
     except OSError as error:  # sounddevice raises it at import when the PortAudio library is missing
         raise MicError(f"PortAudio is not installed ({error}); install it ({INSTALL_PORTAUDIO})") from None
     return sounddevice

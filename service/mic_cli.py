@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Listen to an input device and show the current class, its probabilities and the recent "
         "segments; Ctrl-C stops and prints the seconds per class. By default the model runs here; with "
         "--server the audio is streamed to a running 'swishnet serve'. Needs the mic extra "
-        "(pip install 'swishnet[mic]') and PortAudio.",
+        "(in the source folder: pip install -e '.[mic]') and PortAudio.",
     )
     parser.add_argument("--device", metavar="N",
                         help="input device: index or part of its name (default: the system's default input)")

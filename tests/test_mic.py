@@ -229,3 +229,12 @@ def test_terminal_display_redraws_in_place():
     assert any(line.startswith("Last 30 s:") and line.endswith("M\x1b[0m") for line in frame)
     assert display.state.seconds_per_label == {"music": 0.6}
     assert out.getvalue().endswith("\x1b[?7h\x1b[?25h")  # wrapping and the cursor are back
+
+
+def test_sounddevice_missing_names_the_install_command(monkeypatch, capsys):
+    from service.cli import install_command
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # not installed
+    assert main(["mic"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the mic extra" in err and err.rstrip().endswith(install_command("mic"))
