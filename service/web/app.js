@@ -8,6 +8,44 @@ const $ = (id) => document.getElementById(id);
 let labels = ["speech", "music", "noise"]; // replaced by the served model's labels
 let live = null; // the running microphone session
 
+// ---- the service's key (SWISHNET_API_KEY), when it has one ----
+// Asked for when the service answers 401, kept for this tab only. Fetches send it as a Bearer token;
+// WebSockets, which cannot carry headers from a browser, offer it as the subprotocol swishnet.key.<base64url>.
+
+const KEY_STORAGE = "swishnet-key";
+let apiKey = sessionStorage.getItem(KEY_STORAGE);
+
+function base64url(text) {
+  let binary = "";
+  new TextEncoder().encode(text).forEach((byte) => { binary += String.fromCharCode(byte); });
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function keyProtocols() {
+  return apiKey ? ["swishnet", `swishnet.key.${base64url(apiKey)}`] : [];
+}
+
+async function apiFetch(url, options = {}) {
+  const headers = { ...(options.headers ?? {}), ...(apiKey ? { Authorization: `Bearer ${apiKey}` } : {}) };
+  const response = await fetch(url, { ...options, headers });
+  if (response.status === 401) askForKey(apiKey ? "That key was refused." : "");
+  return response;
+}
+
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("key-status").textContent = message;
+  $("key-input").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  apiKey = $("key-input").value.trim();
+  sessionStorage.setItem(KEY_STORAGE, apiKey);
+  $("key-form").hidden = true;
+  loadLabels();
+}
+
 // ---- drawing ----
 
 function element(tag, attributes = {}, ...children) {
@@ -103,7 +141,7 @@ async function startMic() {
   const context = new AudioContext();
   await context.audioWorklet.addModule("web/capture-worklet.js");
   const capture = new AudioWorkletNode(context, "pcm-capture", { numberOfInputs: 1, numberOfOutputs: 0 });
-  const socket = new WebSocket(streamUrl(context.sampleRate));
+  const socket = new WebSocket(streamUrl(context.sampleRate), keyProtocols());
   socket.binaryType = "arraybuffer";
   const session = { media, context, socket, segments: [], timeS: 0 };
   live = session;
@@ -171,7 +209,7 @@ async function classifyFile(file) {
   const form = new FormData();
   form.append("file", file);
   try {
-    const response = await fetch("v1/classify", { method: "POST", body: form });
+    const response = await apiFetch("v1/classify", { method: "POST", body: form });
     const body = await response.json();
     if (!response.ok) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
@@ -204,8 +242,8 @@ function setUpDropZone() {
 
 async function loadLabels() {
   try {
-    const card = await (await fetch("v1/model")).json();
-    labels = card.labels;
+    const response = await apiFetch("v1/model");
+    if (response.ok) labels = (await response.json()).labels;
   } catch {
     // keep the default labels: the page still works, the bars are named after the usual classes
   }
@@ -213,5 +251,6 @@ async function loadLabels() {
 }
 
 $("mic-button").addEventListener("click", toggleMic);
+$("key-form").addEventListener("submit", useKey);
 setUpDropZone();
 loadLabels();
