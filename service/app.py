@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.metrics = Metrics()
     app.state.streams_open = 0
     app.state.uploads = UploadQueue(settings.max_rest_jobs, settings.max_rest_queue, app.state.metrics)
-    app.add_middleware(UploadLimits, max_bytes=settings.max_upload_bytes, timeout_s=settings.upload_timeout_s)
+    app.add_middleware(UploadLimits, max_bytes=settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
+                       limit_text=settings.upload_bytes_limit_text())
     app.add_middleware(Guard, hosts=settings.hosts(), origins=settings.allowed_origins, key=key,
                        metrics=app.state.metrics)
     app.include_router(websocket_router)

@@ -7,6 +7,7 @@ live in service.features and travel with each model's card.
 from __future__ import annotations
 
 import ipaddress
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANY_INTERFACE = ("0.0.0.0", "::", "")
 
+UPLOAD_PCM_BYTES_PER_S = 48_000 * 2 * 2  # 48 kHz 16-bit stereo PCM: the densest common uncompressed upload
+UPLOAD_HEADER_BYTES = 2**20  # a container's header and metadata (cover art, tags) beside the audio
+
 Names = Annotated[tuple[str, ...], NoDecode]  # from the environment as a comma-separated list
+
+
+def upload_bytes_for(duration_s: float) -> int:
+    """The upload size that holds ``duration_s`` of 48 kHz 16-bit stereo WAV (max_upload_bytes' default)."""
+    return math.ceil(duration_s * UPLOAD_PCM_BYTES_PER_S) + UPLOAD_HEADER_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -43,8 +52,12 @@ class Settings(BaseSettings):
     max_batch_frames: int = Field(4096, ge=1, description="Most MFCC frames (new frames and their context) the "
                                   "streams of a process score in one call; a stream waits at most for the call "
                                   "in progress, so this bounds its wait (about 10 ms for SwishNet-slim on one core).")
-    max_upload_bytes: int = Field(100 * 2**20, ge=1, description="Largest accepted upload to /v1/classify.")
     max_upload_duration_s: float = Field(3 * 3600, gt=0, description="Longest accepted upload, in seconds of audio.")
+    max_upload_bytes: int = Field(
+        default_factory=lambda fields: upload_bytes_for(fields["max_upload_duration_s"]), ge=1,
+        description="Largest accepted upload to /v1/classify. Default: what max_upload_duration_s of 48 kHz 16-bit "
+        "stereo WAV takes (3 h: 2 GB), so an uncompressed upload within the duration limit is never refused for "
+        "its size; compressed formats hold more.")
     min_upload_bytes_per_s: float = Field(
         400.0, ge=0, description="Past its first minute, an upload must hold at least this many bytes per second "
         "of audio (3.2 kbit/s, below any codec's lowest rate; Opus goes down to 6 kbit/s): a small file that "
@@ -134,8 +147,23 @@ class Settings(BaseSettings):
             raise ValueError(f"api_key_file {self.api_key_file} is empty")
         return key
 
+    def upload_bytes_limit_text(self) -> str:
+        """The byte cap as a 413 states it: in bytes, MiB, and the audio it holds."""
+        wav_s = (self.max_upload_bytes - UPLOAD_HEADER_BYTES) / UPLOAD_PCM_BYTES_PER_S
+        return (f"{self.max_upload_bytes} bytes ({self.max_upload_bytes / 2**20:.0f} MiB, about "
+                f"{_duration_text(max(wav_s, 0))} of 48 kHz 16-bit stereo WAV; compressed formats hold more, "
+                f"up to the duration limit of {_duration_text(self.max_upload_duration_s)})")
+
     def hosts(self) -> tuple[str, ...]:
         """allowed_hosts, plus the bind address when it is a specific one."""
         if self.host in ANY_INTERFACE or self.host in self.allowed_hosts:
             return self.allowed_hosts
         return (*self.allowed_hosts, self.host)
+
+
+def _duration_text(seconds: float) -> str:
+    """3 h, 10 min, 45 s: the largest unit that gives a whole number, else minutes with a decimal."""
+    for unit, name in ((3600, "h"), (60, "min"), (1, "s")):
+        if seconds >= unit and (seconds / unit).is_integer():
+            return f"{seconds / unit:g} {name}"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"

@@ -26,13 +26,14 @@ class UploadLimits:
     connection: the rest of that body is not waited for.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, limit_text: str | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.limit_text = limit_text or f"{max_bytes} bytes"  # how the 413 states the limit
 
     def _too_large(self) -> HTTPException:
-        return HTTPException(413, f"upload too large: the limit is {self.max_bytes} bytes")
+        return HTTPException(413, f"upload too large: the limit is {self.limit_text}")
 
     def _too_slow(self) -> HTTPException:
         return HTTPException(408, f"the upload stalled: no data for {self.timeout_s:g} s", {"Connection": "close"})
