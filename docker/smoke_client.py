@@ -16,7 +16,7 @@ import uuid
 import wave
 
 import numpy as np
-from websockets.exceptions import ConnectionClosedError
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
 SAMPLE_RATE = 16_000
@@ -115,6 +115,28 @@ def check_stream(base: str, pcm: bytes) -> None:
     check(all(e.get("label") in CLASSES for e in events if e["type"] == "segment"), "WS segments have known labels")
 
 
+def check_security(base: str) -> None:
+    """Headers on every response, no server banner, foreign hosts and origins refused."""
+    with urllib.request.urlopen(f"{base}/", timeout=30) as reply:
+        headers = reply.headers
+    check("default-src 'self'" in headers.get("content-security-policy", "")
+          and headers.get("x-content-type-options") == "nosniff" and headers.get("referrer-policy") == "no-referrer",
+          "GET / carries Content-Security-Policy, nosniff and no-referrer")
+    check(headers.get("server") is None, "no server header")
+    foreign = urllib.request.Request(f"{base}/healthz", headers={"Host": "evil.example"})
+    try:
+        urllib.request.urlopen(foreign, timeout=30)
+        fail("a foreign Host header was served")
+    except urllib.error.HTTPError as error:
+        check(error.code == 400, f"a foreign Host header -> {error.code}")
+    url = base.replace("http", "ws", 1) + "/v1/stream"
+    try:
+        connect(url, origin="https://evil.example", open_timeout=10).close()
+        fail("a foreign Origin opened a WebSocket")
+    except InvalidStatus as error:
+        check(error.response.status_code == 403, f"a foreign Origin's WebSocket -> {error.response.status_code}")
+
+
 def check_metrics(base: str) -> None:
     status, text = request(f"{base}/metrics")
     check(status == 200 and "swishnet_requests_total" in text and "swishnet_streams_total" in text,
@@ -127,6 +149,7 @@ def main() -> None:
     duration_s = len(pcm) / 2 / SAMPLE_RATE
     check_rest(base, as_wav(pcm), duration_s)
     check_stream(base, pcm)
+    check_security(base)
     check_metrics(base)
     print("all checks passed", flush=True)
 

@@ -156,6 +156,13 @@ while :; do
 done
 echo "healthy after $((SECONDS - started)) s"
 
+say "the published port is on loopback only"
+published=$("$ENGINE" port "$NAME")
+echo "$published"
+if printf '%s\n' "$published" | grep -v -q "127.0.0.1:$PORT\$"; then
+    fail "the port is published beyond 127.0.0.1: $published"
+fi
+
 if command -v python3 >/dev/null; then
     say "GET /healthz from the host, through the published port"
     python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())" \
@@ -167,11 +174,14 @@ say "REST and WebSocket checks (docker/smoke_client.py)"
 "$ENGINE" exec -i "$NAME" python3 - "http://127.0.0.1:$PORT" <docker/smoke_client.py \
     || { "$ENGINE" logs "$NAME" 2>&1 | tail -40; fail "smoke checks failed; the server log is above"; }
 
-say "stopping: SIGTERM must end the server cleanly"
+say "stopping: SIGTERM must end the server cleanly, within its 8 s deadline (stop waits 20 s)"
 "$ENGINE" stop -t 20 "$NAME" >/dev/null
 code=$("$ENGINE" container inspect -f '{{.State.ExitCode}}' "$NAME")
 "$ENGINE" logs "$NAME" 2>&1 | tail -5
 [ "$code" = 0 ] || fail "the server exited with status $code after SIGTERM"
 if "$ENGINE" logs "$NAME" 2>&1 | grep -q Traceback; then fail "the server log holds a traceback"; fi
+if "$ENGINE" logs "$NAME" 2>&1 | grep -q "timeout graceful shutdown exceeded"; then
+    fail "shutdown ran into its deadline (SWISHNET_SHUTDOWN_TIMEOUT_S)"
+fi
 
 say "PASS: $IMAGE ($size_mb MB) builds, is healthy, and answers REST and WebSocket correctly"
