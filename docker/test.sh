@@ -9,8 +9,9 @@
 # Environment (all optional):
 #   CONTAINER_ENGINE  docker | podman   (default: the first whose `info` works)
 #   IMAGE             tag to build and test (default: localhost/swishnet-live:test)
-#   SKIP_BUILD=1      test IMAGE as it is
-#   KEEP_IMAGE=1      keep the image afterwards (the container is always removed)
+#   SKIP_BUILD=1      test IMAGE as it is (then it is kept)
+#   KEEP_IMAGE=1      keep what the script built: the image, and the stand-in base image if
+#                     it made one (the container is always removed)
 #   PORT              host port for the service (default: 18080)
 #   PIP_CA            CA bundle pip needs behind a TLS-inspecting proxy; passed as a
 #                     build secret, never stored in the image (default: $PIP_CERT or
@@ -18,14 +19,14 @@
 #   BUILD_ARGS, RUN_ARGS   extra arguments for `build` / `run` (word-split)
 #   PODMAN_BUILD_ARGS, PODMAN_RUN_ARGS   replace the podman defaults below
 #   HEALTH_TIMEOUT_S  how long to wait for healthy (default: 120)
-#   MAX_IMAGE_MB      fail above this size (default: 400)
+#   MAX_IMAGE_MB      fail above this size (default: 500; PyAV's FFmpeg libraries take about 100 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-localhost/swishnet-live:test}
 PORT=${PORT:-18080}
 HEALTH_TIMEOUT_S=${HEALTH_TIMEOUT_S:-120}
-MAX_IMAGE_MB=${MAX_IMAGE_MB:-400}
+MAX_IMAGE_MB=${MAX_IMAGE_MB:-500}
 BASE_IMAGE=docker.io/library/python:3.11-slim
 NAME=swishnet-test-$$
 
@@ -51,7 +52,8 @@ health=()
 if [ "$ENGINE" = podman ]; then
     # --format docker: the OCI format has no HEALTHCHECK and podman would drop it.
     # --isolation chroot: builds where nested namespaces are not allowed (containers, CI sandboxes).
-    read -r -a engine_build <<<"${PODMAN_BUILD_ARGS---format docker --isolation chroot}"
+    # --layers=false: no intermediate images are left behind (the builder stage's), only the image.
+    read -r -a engine_build <<<"${PODMAN_BUILD_ARGS---format docker --isolation chroot --layers=false}"
     # Podman's default nofile limit (1048576) can exceed what an unprivileged host allows;
     # runc where installed, because crun refuses cgroup v1/hybrid hosts.
     default_run="--ulimit nofile=4096:4096 --ulimit nproc=4096:4096"
@@ -67,12 +69,15 @@ read -r -a extra_build <<<"${BUILD_ARGS:-}"
 read -r -a extra_run <<<"${RUN_ARGS:-}"
 say "container engine: $ENGINE ($("$ENGINE" --version))"
 
+made_base=""  # set when this run built the stand-in base image
 cleanup() {
     if "$ENGINE" container inspect "$NAME" >/dev/null 2>&1; then
         "$ENGINE" rm -f "$NAME" >/dev/null 2>&1 || true
     fi
     if [ -z "${KEEP_IMAGE:-}" ] && [ -z "${SKIP_BUILD:-}" ]; then
+        echo "removing what this run built (KEEP_IMAGE=1 keeps it): $IMAGE${made_base:+ and $BASE_IMAGE}"
         "$ENGINE" rmi "$IMAGE" >/dev/null 2>&1 || true
+        if [ -n "$made_base" ]; then "$ENGINE" rmi "$BASE_IMAGE" >/dev/null 2>&1 || true; fi
     fi
 }
 trap cleanup EXIT
@@ -84,6 +89,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
         if ! "$ENGINE" pull "$BASE_IMAGE"; then
             say "no registry access: building a stand-in $BASE_IMAGE with docker/make-base-image.sh"
             CONTAINER_ENGINE=$ENGINE docker/make-base-image.sh
+            made_base=1
         fi
     fi
     secret=()
