@@ -6,7 +6,9 @@ stream for windows of 0.5 to 10 s, JSON, memory per stream, batching), files
 (audio seconds per CPU second of classify_file beside Silero VAD, window 10 s
 against 1 s), service (concurrent WebSocket streams against W server workers
 from C client processes: latency, CPU, memory); and only when named, batch (swishnet batch on Ray
-against swishnet classify; needs the batch extra). Models default to the
+against swishnet classify; needs the batch extra) and soak (swishnet serve with its defaults under a
+1-hour stream, churn, uploads, floods and bad input, then SIGTERM; RSS, threads and files before and
+after; bench/soak.py). Models default to the
 bundled ones; missing ones are skipped with a note. ``--quick`` runs every section in a few seconds (for
 the tests: its figures mean little). A section that fails is recorded with
 its error and the command exits with status 1.
@@ -24,12 +26,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench import batch, engine, features, files, load, model
+from bench import batch, engine, features, files, load, model, soak
 from bench.common import Options, bundled_model_paths, load_models, machine_info
 from service.inference import Classifier
 
 SECTIONS = ("features", "model", "engine", "files", "service")
-OPT_IN = ("batch",)  # run only when named: it needs the batch extra (Ray) and starts a local Ray
+OPT_IN = ("batch", "soak")  # run only when named: batch needs the batch extra (Ray); soak takes about 10 minutes
 QUICK = Options(quick=True, repeats=3, file_repeats=1, file_s=20.0, streams=(1, 4), step_s=1.5, workers=1,
                 client_processes=1)
 RESULTS = Path(__file__).parent / "results"
@@ -110,6 +112,7 @@ def run_suite(options: Options, sections: Sequence[str]) -> dict:
         "files": lambda: files.run(options, classifiers, notes),
         "service": lambda: _service(options, classifiers, report),
         "batch": lambda: batch.run(options, classifiers, notes),
+        "soak": lambda: soak.run(options, options.models[0] if options.models else None),
     }
     for name in sections:
         _section(name, work[name], report)
@@ -124,7 +127,7 @@ def _options_dict(options: Options) -> dict:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "features": features.render, "model": model.render, "engine": engine.render, "files": files.render,
-    "service": load.render, "memory": load.render_memory, "batch": batch.render,
+    "service": load.render, "memory": load.render_memory, "batch": batch.render, "soak": soak.render,
 }
 
 

@@ -13,7 +13,9 @@ uvicorn's own WebSocket protocol (websockets-sansio) is kept, with four changes:
   sent with ``URGENT``) go behind what the client has not read yet instead of waiting for room that may
   never come, and the connection is cut off if it is still stuck ``CLOSE_GRACE_S`` later.
 - Messages over uvicorn's size limit (``WS_SIZE_FACTOR`` x max_message_bytes) get the error event before
-  uvicorn's 1009, as messages over max_message_bytes do from the application.
+  the 1009, as messages over max_message_bytes do from the application, and the connection reads on (and
+  discards) until the client has had the close: uvicorn closed at once, and the rest of the message, still
+  arriving, turned that into a reset the client saw instead of the close.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ if WebSocketsSansIOProtocol is not None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.write_paused = False
+            self.parser_failed = False
 
         def pause_writing(self) -> None:
             self.write_paused = True
@@ -113,11 +116,26 @@ if WebSocketsSansIOProtocol is not None:
                 self._last_words(1008, NOT_READING, None)
 
         def handle_parser_exception(self) -> None:
+            """A frame websockets refused (too big, malformed): the error event for one too big, the close
+            websockets chose, then reading goes on (websockets discards the rest) so that a client still
+            sending its message reads our close before the connection ends, CLOSE_GRACE_S later at most.
+            uvicorn closed at once, and the client's unread bytes turned that close into a reset."""
+            if self.parser_failed:
+                return  # more of the refused message: websockets' parser discards it
+            self.parser_failed = True
             if isinstance(self.conn.parser_exc, PayloadTooBig) and self.handshake_complete:
                 limit = self.config.ws_max_size // WS_SIZE_FACTOR
                 event = error_event(f"message too big: the limit is {limit} bytes")
                 self.transport.write(Frame(Opcode.TEXT, event).serialize(mask=False))
-            super().handle_parser_exception()
+            close = self.conn.close_sent
+            code, reason = (close.code, close.reason) if close is not None else (1002, "")
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.stop_keepalive()
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
             self._cut_off_later()
 
         async def send(self, message: Any) -> None:

@@ -158,10 +158,11 @@ def test_hostile_or_odd_control_text_gets_1003(classifier, text):
         assert metric(live, 'swishnet_streams_total{outcome="error_1011"}') == 0
 
 
-@pytest.mark.parametrize("size", [150_000, 300_000])
+@pytest.mark.parametrize("size", [150_000, 300_000, 9 * 2**20])
 def test_messages_over_either_limit_get_the_error_event_and_1009(classifier, size):
     """max_message_bytes is the application's limit (150 kB: its own error); uvicorn refuses messages over
-    twice that as they arrive (300 kB): the error event comes first there too."""
+    twice that as they arrive (300 kB, and 9 MiB: the client is still sending when the refusal comes): the
+    error event and the close reach the client there too."""
     with LiveServer(create_app(Settings(**{**LIMITS, "max_message_bytes": 100_000}), classifier=classifier)) as live:
         with connect(live.ws(), max_size=None) as ws:
             ws.send(bytes(size))
