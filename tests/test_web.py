@@ -9,6 +9,7 @@ into that directory too.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -165,3 +166,101 @@ def test_a_keyed_service_asks_for_its_key(classifier, tmp_path):
         page.click("#mic-button")
         assert_no_csp_violation(page)
         save_screenshot(page, tmp_path, "web-keyed")
+
+
+def download(page: Page, selector: str) -> tuple[str, str]:
+    """The name and text of the file a download link gives."""
+    with page.expect_download() as info:
+        page.click(selector)
+    return info.value.suggested_filename, Path(info.value.path()).read_text(encoding="utf-8")
+
+
+@needs_chromium
+def test_file_result_axis_legend_downloads_and_errors(server, tmp_path, tiny_model_path, capsys):
+    """The file's timeline has a time axis and a legend beside it; its result downloads as the classify
+    command writes it (JSON, CSV, TextGrid); a file that fails hides the previous file's result."""
+    from service.cli import main
+
+    scene = np.concatenate([make_signal("noise", 2.0), make_signal("music", 2.5), make_signal("silence", 1.5),
+                            make_signal("noise", 2.0, seed=1)])
+    upload = write_wav(tmp_path / "scene.wav", scene, 16_000)
+    expected = {}
+    for fmt in ("json", "csv", "textgrid"):
+        assert main(["classify", str(upload), "--model", str(tiny_model_path), "--format", fmt]) == 0
+        expected[fmt] = capsys.readouterr().out.replace(str(upload), "scene.wav")
+    broken = tmp_path / "notes.wav"
+    broken.write_bytes(b"RIFF not really a wave file" * 10)
+    silent_mic = write_wav(tmp_path / "silence.wav", make_signal("silence", 1.0), 16_000)
+    with browser_page(silent_mic, tmp_path / "profile") as page:
+        open_page(page, server.http + "/")
+        page.set_input_files("#file-input", str(upload))
+        page.wait_for_selector("#file-segments li")
+        ticks = [tick.text_content() for tick in page.query_selector_all("#file-axis .tick")]
+        assert ticks == ["0 s", "2 s", "4 s", "6 s", "8 s"]
+        legend = [item.get_attribute("data-label") for item in page.query_selector_all("#file-result .legend li")]
+        assert legend == ["speech", "music", "noise", "silence"]
+        assert page.is_visible("#file-result .legend")
+        save_screenshot(page, tmp_path, "web-file-result")
+        name, text = download(page, "#download-json")
+        assert name == "scene.json" and json.loads(text) == json.loads(expected["json"])
+        assert download(page, "#download-csv") == ("scene.csv", expected["csv"])
+        assert download(page, "#download-textgrid") == ("scene.TextGrid", expected["textgrid"])
+        page.set_input_files("#file-input", str(broken))
+        page.wait_for_selector("#file-status:has-text('notes.wav: cannot decode audio')")
+        assert page.is_hidden("#file-result") and page.is_hidden("#file-timeline")
+        assert page.is_hidden("#download-csv")
+        assert_no_csp_violation(page)
+
+
+@needs_chromium
+def test_stopping_the_microphone_clears_now(server, tmp_path):
+    sound = np.concatenate([make_signal("music", 3.0, sample_rate=FAKE_MIC_RATE),
+                            make_signal("silence", 1.5, sample_rate=FAKE_MIC_RATE)])
+    wav = write_wav(tmp_path / "music.wav", sound, FAKE_MIC_RATE)
+    with browser_page(wav, tmp_path / "profile") as page:
+        open_page(page, server.http + "/")
+        page.click("#mic-button")
+        page.wait_for_selector("#live-label[data-label=music]")
+        page.wait_for_selector("#live-axis .tick")
+        times = [float(tick.get_attribute("data-time")) for tick in page.query_selector_all("#live-axis .tick")]
+        assert times and all(t % 10 == 0 for t in times)  # spaced for the whole minute, not the seconds heard
+        legend = [item.get_attribute("data-label") for item in page.query_selector_all("#mic-heading ~ * .legend li")]
+        assert legend == ["speech", "music", "noise", "silence"]  # beside the live timeline
+        page.click("#mic-button")
+        page.wait_for_selector("#mic-button[aria-pressed=false]")
+        page.wait_for_timeout(1000)  # late events of the stopped stream (its last segment) must not bring it back
+        assert page.get_attribute("#live-label", "data-label") == ""
+        assert page.text_content("#live-label") == "—" and page.text_content("#live-time") == ""
+        values = [bar.get_attribute("aria-valuenow") for bar in page.query_selector_all("#live-probs .bar")]
+        assert values == ["0.00"] * 3
+        assert_no_csp_violation(page)
+
+
+@needs_chromium
+def test_segment_list_follows_the_newest_entry(server, tmp_path):
+    """The live list keeps its newest segment in view as it grows, unless the reader scrolled up; long lists
+    are not cut off at the left (their numbers sit inside the box)."""
+    silent_mic = write_wav(tmp_path / "silence.wav", make_signal("silence", 1.0), 16_000)
+    draw = """(count) => {
+        const segments = Array.from({length: count}, (_, i) => ({start: i, end: i + 1, label: "music",
+                                                                  confidence: 0.9}));
+        drawTimeline($("live-timeline"), $("live-axis"), $("live-segments"), segments, 0, count);
+        const list = $("live-segments");
+        return {top: list.scrollTop, bottom: list.scrollHeight - list.clientHeight};
+    }"""
+    with browser_page(silent_mic, tmp_path / "profile") as page:
+        open_page(page, server.http + "/")
+        first = page.evaluate(draw, 120)
+        assert first["bottom"] > 0 and first["top"] == first["bottom"]  # scrolled to the newest
+        grown = page.evaluate(draw, 121)
+        assert grown["top"] == grown["bottom"] > first["bottom"]  # follows it
+        page.evaluate("$('live-segments').scrollTop = 0")  # the reader scrolls up ...
+        assert page.evaluate(draw, 122)["top"] == 0  # ... and the list stays where they are
+        box = page.evaluate("""() => {
+            const list = $("live-segments").getBoundingClientRect();
+            const item = $("live-segments").lastElementChild.getBoundingClientRect();
+            return {inside: item.left >= list.left && item.right <= list.right,
+                    marker: getComputedStyle($("live-segments")).listStylePosition};
+        }""")
+        assert box == {"inside": True, "marker": "inside"}
+        assert_no_csp_violation(page)

@@ -62,8 +62,17 @@ function buildProbabilityBars() {
                      "aria-valuemax": "1", "aria-valuenow": "0" }, element("div", { class: `fill label-${label}` })),
     element("span", { class: "prob-value" }, "0.00"),
   )));
-  $("legend").replaceChildren(...[...labels, "silence"].map((label) =>
-    element("li", {}, element("span", { class: `swatch label-${label}` }), label)));
+  for (const legend of document.querySelectorAll(".legend")) { // one beside each timeline
+    legend.replaceChildren(...[...labels, "silence"].map((label) =>
+      element("li", { "data-label": label }, element("span", { class: `swatch label-${label}` }), label)));
+  }
+}
+
+function clearNow() {
+  $("live-label").textContent = "—";
+  $("live-label").dataset.label = "";
+  $("live-time").textContent = "";
+  showProbabilities({});
 }
 
 function showProbabilities(probs) {
@@ -81,8 +90,9 @@ function formatSegment(segment) {
   return `${span}: ${segment.label} (${segment.confidence.toFixed(2)})`;
 }
 
-// Segments as coloured blocks over [startS, endS] (hidden from screen readers), and as a text list.
-function drawTimeline(timeline, list, segments, startS, endS) {
+// Segments as coloured blocks over [startS, endS] with a time axis under them (both hidden from screen
+// readers), and as a text list, which keeps its newest entry in view unless the reader has scrolled up.
+function drawTimeline(timeline, axis, list, segments, startS, endS) {
   const span = Math.max(endS - startS, 1e-6);
   timeline.hidden = false;
   timeline.replaceChildren(...segments.filter((s) => s.end > startS).map((segment) => {
@@ -93,8 +103,35 @@ function drawTimeline(timeline, list, segments, startS, endS) {
     block.style.width = `${(100 * (segment.end - from)) / span}%`;
     return block;
   }));
+  drawAxis(axis, Math.max(startS, 0), endS, startS, span);
+  const following = list.scrollHeight - list.scrollTop - list.clientHeight < 8; // at the end already
   list.replaceChildren(...segments.filter((s) => !s.pending).map((segment) =>
     element("li", { "data-label": segment.label }, formatSegment(segment))));
+  if (following) list.scrollTop = list.scrollHeight;
+}
+
+const TICK_STEPS_S = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+
+function formatTime(seconds) {
+  if (seconds < 60) return `${Number(seconds.toFixed(1))} s`;
+  const minutes = Math.floor(seconds / 60);
+  const rest = Math.round(seconds - 60 * minutes);
+  return `${minutes}:${String(rest).padStart(2, "0")}`;
+}
+
+// Ticks at round times from fromS to toS, positioned over [originS, originS + span], spaced for the whole
+// span (at most about 7 across it): the live timeline's first seconds get few ticks, not crowded ones.
+function drawAxis(axis, fromS, toS, originS, span) {
+  const step = TICK_STEPS_S.find((candidate) => span / candidate <= 6) ?? TICK_STEPS_S.at(-1);
+  const ticks = [];
+  for (let t = Math.ceil(fromS / step - 1e-9) * step; t <= toS + 1e-9; t += step) ticks.push(t);
+  axis.replaceChildren(...ticks.map((t, i) => {
+    const position = (100 * (t - originS)) / span;
+    const edge = position < 4 ? " first" : position > 96 ? " last" : "";
+    const tick = element("span", { class: `tick${edge}`, "data-time": String(t) }, formatTime(t));
+    tick.style.left = `${position}%`;
+    return tick;
+  }));
 }
 
 // ---- microphone ----
@@ -112,6 +149,7 @@ function onLiveEvent(session, event) {
     setMicStatus(`The service stopped the stream: ${event.message}`);
     return;
   }
+  if (event.type === "label" && session.released) return; // stopped: "Now" stays cleared
   if (event.type === "segment") {
     session.segments.push(event);
     session.segments = session.segments.filter((s) => s.end > event.end - LIVE_WINDOW_S);
@@ -127,7 +165,8 @@ function onLiveEvent(session, event) {
   const label = $("live-label").dataset.label;
   const open = { start: closedS, end: session.timeS, label, confidence: 0, pending: true };
   const shown = open.end > open.start && open.label ? [...session.segments, open] : session.segments;
-  drawTimeline($("live-timeline"), $("live-segments"), shown, session.timeS - LIVE_WINDOW_S, session.timeS);
+  drawTimeline($("live-timeline"), $("live-axis"), $("live-segments"), shown, session.timeS - LIVE_WINDOW_S,
+               session.timeS);
 }
 
 async function startMic() {
@@ -175,7 +214,10 @@ function releaseMic(session) {
   session.released = true;
   session.media.getTracks().forEach((track) => track.stop());
   session.context.close();
-  if (session === live) setMicButton(false);
+  if (session === live) {
+    setMicButton(false);
+    clearNow(); // nothing is heard now
+  }
 }
 
 function setMicButton(running) {
@@ -205,6 +247,7 @@ async function toggleMic() {
 // ---- files ----
 
 async function classifyFile(file) {
+  $("file-result").hidden = true; // until this file's result is in: an error must not show the last file's
   $("file-status").textContent = `Classifying ${file.name}…`;
   const form = new FormData();
   form.append("file", file);
@@ -217,9 +260,55 @@ async function classifyFile(file) {
       return;
     }
     $("file-status").textContent = `${file.name}: ${body.duration.toFixed(1)} s, mostly ${body.label}.`;
-    drawTimeline($("file-timeline"), $("file-segments"), body.segments, 0, body.duration);
+    $("file-result").hidden = false;
+    drawTimeline($("file-timeline"), $("file-axis"), $("file-segments"), body.segments, 0, body.duration);
+    $("file-segments").scrollTop = 0;
+    offerDownloads(file.name, body);
   } catch (error) {
     $("file-status").textContent = `${file.name}: the service could not be reached (${error.message}).`;
+  }
+}
+
+// ---- the file's result as files: what `swishnet classify --format json|csv|textgrid` writes ----
+
+// A number as Python prints a float (2.0, not 2), so that the files equal the command's.
+function pyFloat(x) {
+  return Number.isInteger(x) ? x.toFixed(1) : String(x);
+}
+
+function csvField(text) {
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function resultCsv(name, body) {
+  const rows = [["file", "labels", "start", "stop", "confidence"],
+    ...body.segments.map((s) => [name, s.label, pyFloat(s.start), pyFloat(s.end), pyFloat(s.confidence)])];
+  return rows.map((row) => row.map(csvField).join(",")).join("\n") + "\n";
+}
+
+function resultTextGrid(body) {
+  const duration = pyFloat(body.duration);
+  const lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", `xmax = ${duration}`,
+    "tiers? <exists>", "size = 1", "item []:", "    item [1]:", '        class = "IntervalTier"',
+    '        name = "class"', "        xmin = 0", `        xmax = ${duration}`,
+    `        intervals: size = ${body.segments.length}`];
+  body.segments.forEach((s, i) => lines.push(`        intervals [${i + 1}]:`, `            xmin = ${pyFloat(s.start)}`,
+    `            xmax = ${pyFloat(s.end)}`, `            text = "${s.label}"`));
+  return lines.join("\n") + "\n";
+}
+
+function offerDownloads(fileName, body) {
+  const stem = fileName.replace(/\.[^.]*$/, "") || "result";
+  const files = {
+    "download-json": [`${stem}.json`, JSON.stringify(body, null, 2) + "\n", "application/json"],
+    "download-csv": [`${stem}.csv`, resultCsv(fileName, body), "text/csv"],
+    "download-textgrid": [`${stem}.TextGrid`, resultTextGrid(body), "text/plain"],
+  };
+  for (const [id, [name, text, type]] of Object.entries(files)) {
+    const link = $(id);
+    if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+    link.href = URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` }));
+    link.download = name;
   }
 }
 
