@@ -420,32 +420,47 @@ def balance_held_out(rows: list[dict], rules: SplitRules, seed: int) -> tuple[li
     """Trim val and test so no package holds more than ``rules.max_package_share`` of its class.
 
     Whole clips of the largest packages are dropped in a seeded order; train is
-    untouched. Returns the kept rows and dropped.csv rows (reason ``split_share``).
+    untouched. Clips are whole, so a trimmed package can land a little under
+    its cap and leave another a little over: trimming repeats until none is.
+    Returns the kept rows and dropped.csv rows (reason ``split_share``).
     """
+    counts: Counter = Counter()
+    for _ in range(20):
+        removed = _trim_round(rows, rules, seed)
+        if not removed:
+            break
+        counts.update((package, label) for package, label, _ in removed.values())
+        rows = [row for row in rows if row["clip_id"] not in removed]
+    dropped = [{"package": p, "label": label, "reason": "split_share", "count": n}
+               for (p, label), n in sorted(counts.items())]
+    return rows, dropped
+
+
+def _trim_round(rows: list[dict], rules: SplitRules, seed: int) -> dict[str, tuple[str, str, str]]:
+    """One pass of balancing: clip id -> (package, label, split) of each clip to drop."""
     by_group: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for row in rows:
         if row["split"] != "train":
             by_group.setdefault((row["split"], row["label"]), {}).setdefault(row["package"], []).append(row)
-    removed, dropped = set(), []
+    removed = {}
     for (split, label), packages in sorted(by_group.items()):
         durations = {p: sum(float(r["duration_s"]) for r in clips) for p, clips in packages.items()}
         if len(durations) * rules.max_package_share < 1:
             continue  # too few packages to meet the share at all: split_problems reports it
         cap = share_cap_s(durations, rules.max_package_share)
+        total = sum(durations.values())
         for package, clips in sorted(packages.items()):
-            if durations[package] <= cap * (1 + 1e-9):
+            if durations[package] <= max(cap, rules.max_package_share * total) * (1 + 1e-9):
                 continue
             order = sorted(clips, key=lambda r: r["clip_id"])
             random.Random(f"{seed}:{package}:{split}:{label}").shuffle(order)
-            used, count = 0.0, 0
+            used = 0.0
             for row in order:
                 if used + float(row["duration_s"]) > cap:
-                    removed.add(row["clip_id"])
-                    count += 1
+                    removed[row["clip_id"]] = (package, label, split)
                 else:
                     used += float(row["duration_s"])
-            dropped.append({"package": package, "label": label, "reason": "split_share", "count": count})
-    return [row for row in rows if row["clip_id"] not in removed], dropped
+    return removed
 
 
 def split_problems(rows: list[dict], rules: SplitRules) -> list[str]:
