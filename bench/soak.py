@@ -270,8 +270,11 @@ def flood(server: Server, count: int) -> dict:
 
     def one(index: int) -> None:
         with connect(server.ws()) as ws:
-            ws.send(pcm("noise", 1.2, seed=index))
-            first = json.loads(ws.recv(timeout=GUARD_S))
+            try:
+                ws.send(pcm("noise", 1.2, seed=index))
+                first = json.loads(ws.recv(timeout=GUARD_S))
+            except ConnectionClosed:  # refused before it could send
+                first = {"type": "error"}
             outcome = first["type"]
             try:
                 opened.wait()

@@ -8,8 +8,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "STREAM_OUTCOMES"]
 
 STREAM_OUTCOMES = {
-    "completed": "the client sent the end message, or closed, and the stream ended normally",
-    "client_gone": "the connection ended without a close from the server (client left, reset)",
+    "completed": "the client sent the end message, or closed the connection normally (1000, 1001)",
+    "client_gone": "the connection ended without a normal close (no close frame, a reset, another code)",
     "slow_client": "the client did not read its events (1008): too many waiting, or no answer to a ping",
     "shutdown": "the service stopped (1012)",
     "error_CODE": "closed by the server with CODE after an error message (1003, 1007, 1008, 1009, 1013)",

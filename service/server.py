@@ -6,9 +6,11 @@ uvicorn's own WebSocket protocol (websockets-sansio) is kept, with four changes:
 - Shutdown: each open WebSocket gets the JSON error event ``SHUTTING_DOWN`` and close 1012 with that
   reason (uvicorn sends a bare 1012), and a client that does not read it within ``CLOSE_GRACE_S`` is cut
   off, so one non-reading client cannot hold the shutdown until its deadline.
-- Keepalive: a client that does not answer a ping (``PING_INTERVAL_S``, ``PING_TIMEOUT_S``) is not reading:
-  it gets close 1008 with the reason ``NOT_READING`` (uvicorn: 1011, which says "server error"), and the
-  application hears of it as a disconnect with that code.
+- Keepalive: a client that neither answers a ping (``PING_INTERVAL_S``, ``PING_TIMEOUT_S``) nor sends
+  anything meanwhile is not reading: it gets close 1008 with the reason ``NOT_READING`` (uvicorn: 1011,
+  which says "server error"), and the application hears of it as a disconnect with that code. Bytes that
+  arrive count as life: a client sending audio faster than the service takes it has its pong queued
+  behind that audio (uvicorn closed such a client, a soak's 1-hour stream among them).
 - Closing a client that reads too slowly: the application's last words (the error event and the close,
   sent with ``URGENT``) go behind what the client has not read yet instead of waiting for room that may
   never come, and the connection is cut off if it is still stuck ``CLOSE_GRACE_S`` later.
@@ -60,6 +62,7 @@ if WebSocketsSansIOProtocol is not None:
             super().__init__(*args, **kwargs)
             self.write_paused = False
             self.parser_failed = False
+            self.last_received = 0.0  # loop time of the last bytes from the client
 
         def pause_writing(self) -> None:
             self.write_paused = True
@@ -108,12 +111,24 @@ if WebSocketsSansIOProtocol is not None:
                 if not self.disconnected and self.transport.get_write_buffer_size():
                     self._cut_off_later()
 
+        def data_received(self, data: bytes) -> None:
+            self.last_received = self.loop.time()
+            super().data_received(data)
+
         def keepalive_timeout(self) -> None:
+            """No pong in time. A client whose bytes still arrive (or wait for us: reading is paused while
+            the application is behind) is alive: its pong is queued behind the audio it sends faster than
+            the service reads it, so the next ping is scheduled instead. Silence in both directions is what
+            closes with 1008; a client that sends but never reads is the Outbox's to close."""
             self.pong_timer = None
             self.pending_ping_payload = None
-            if self._open():
-                log.info("closing a WebSocket whose client does not read (no answer to a ping)")
-                self._last_words(1008, NOT_READING, None)
+            if not self._open():
+                return
+            if self.read_paused or self.last_received > self.ping_sent_at:
+                self.schedule_ping()
+                return
+            log.info("closing a WebSocket whose client does not read (no answer to a ping)")
+            self._last_words(1008, NOT_READING, None)
 
         def handle_parser_exception(self) -> None:
             """A frame websockets refused (too big, malformed): the error event for one too big, the close

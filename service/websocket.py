@@ -221,6 +221,8 @@ def disconnect_outcome(disconnect: WebSocketDisconnect) -> str:
         return "shutdown"
     if disconnect.code == 1008 and disconnect.reason == NOT_READING:
         return "slow_client"
+    if disconnect.code in (1000, 1001):  # the client closed the stream: its way of ending it
+        return "completed"
     return "client_gone"
 
 
