@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import signal
 import socket
@@ -46,7 +45,7 @@ from typing import Callable
 import httpx
 import numpy as np
 import soundfile as sf
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from bench.common import Options, num, rounded, table

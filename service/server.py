@@ -26,7 +26,6 @@ import json
 import logging
 from typing import Any
 
-import uvicorn
 from websockets.exceptions import PayloadTooBig
 from websockets.frames import Frame, Opcode
 

@@ -286,12 +286,15 @@ async def close_stream(ws: WebSocket, closed: StreamClosed) -> None:
     for it to read; and the whole goodbye takes at most CLOSE_TIMEOUT_S."""
     if ws.client_state != WebSocketState.CONNECTED or ws.application_state != WebSocketState.CONNECTED:
         return
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            if closed.message:
-                await ws.send({"type": "websocket.send", "text": json.dumps({"type": "error", "message": closed.message}),
-                               URGENT: True})
-            await ws.send({"type": "websocket.close", "code": closed.code, "reason": close_reason(closed.message) or "",
+
+    async def goodbye() -> None:
+        if closed.message:
+            await ws.send({"type": "websocket.send", "text": json.dumps({"type": "error", "message": closed.message}),
                            URGENT: True})
-    except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+        await ws.send({"type": "websocket.close", "code": closed.code, "reason": close_reason(closed.message) or "",
+                       URGENT: True})
+
+    try:
+        await asyncio.wait_for(goodbye(), CLOSE_TIMEOUT_S)
+    except (WebSocketDisconnect, RuntimeError, OSError, asyncio.TimeoutError):
         pass  # the client left while we were saying goodbye (OSError: uvicorn's ClientDisconnected)

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from service.app import _warn_if_exposed, create_app
