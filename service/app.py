@@ -28,7 +28,7 @@ from service.inference import Classifier
 from service.limits import QueueFull, UploadLimits, UploadQueue
 from service.live import live_input
 from service.live import router as live_router
-from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.metrics import CONTENT_TYPE_LATEST, CountRequests, Metrics
 from service.schemas import ClassifyResponse, ErrorMessage, Health, StreamOptions, describe_errors
 from service.security import Guard, public_card
 from service.stream import FileResult, StreamConfig, classify_file
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                        limit_text=settings.upload_bytes_limit_text())
     app.add_middleware(Guard, hosts=settings.hosts(), origins=settings.allowed_origins, key=key,
                        metrics=app.state.metrics)
+    app.add_middleware(CountRequests, metrics=app.state.metrics)  # outermost: refusals are counted too
     app.include_router(websocket_router)
     app.include_router(live_router)
     _add_http_routes(app)
@@ -257,9 +258,3 @@ def _add_http_routes(app: FastAPI) -> None:
     async def metrics_endpoint(metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        route = request.scope.get("route")
-        app.state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response

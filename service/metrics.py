@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "STREAM_OUTCOMES"]
+__all__ = ["Metrics", "CountRequests", "CONTENT_TYPE_LATEST", "STREAM_OUTCOMES"]
 
 STREAM_OUTCOMES = {
     "completed": "the client sent the end message, or closed the connection normally (1000, 1001)",
@@ -62,3 +63,30 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CountRequests:
+    """Counts every HTTP request by route and status (``swishnet_requests_total``), as a plain ASGI
+    middleware: Starlette's BaseHTTPMiddleware added a task group and memory streams to every request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what an exception that escapes the app becomes
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")  # set by the router in this same scope
+            self.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
