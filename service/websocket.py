@@ -19,9 +19,9 @@ close frame's reason repeats the message, cut to 123 bytes.
 
 Events go out through the stream's Outbox: one task sends them while the
 stream goes on reading audio, so a client that reads slowly holds up neither
-its own stream's input nor anyone else. A client that leaves more than
-settings.max_pending_events unsent (beyond what its connection's buffers
-hold) is not keeping up, and is closed with 1008.
+its own stream's input nor anyone else. A client whose connection's buffers
+are full with settings.max_pending_events more events waiting behind them is
+not keeping up, and is closed with 1008 (outcome slow_client).
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ import time
 from dataclasses import replace
 from typing import Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, WebSocket
 from pydantic import Field, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
-
-from anyio import to_thread
 
 from service import memory
 from service.audio import AudioError
