@@ -4,6 +4,7 @@ deadlines that only guard against hanging, and nothing is asserted on wall-clock
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.server import ServerState
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.sync.client import connect
 
 from service import server as server_module
@@ -238,3 +242,56 @@ def _healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+class FakeTransport:
+    """What the WebSocket protocol writes, without a socket."""
+
+    def __init__(self) -> None:
+        self.written, self.closed, self.aborted = b"", False, False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("client_sent_since_the_ping,reading_paused,closed", [
+    (False, False, True), (True, False, False), (False, True, False)])
+def test_keepalive_counts_arriving_bytes_as_life(client_sent_since_the_ping, reading_paused, closed):
+    """A pong may wait behind audio the client sends faster than the service reads it: the ping's deadline
+    closes only a connection silent in both directions (the soak's 1-hour stream was closed otherwise)."""
+    async def scenario() -> FakeTransport:
+        config = uvicorn.Config(lambda scope, receive, send: None, **server_module.uvicorn_options(Settings()))
+        config.load()
+        protocol = server_module.ServiceWebSocketProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        protocol.transport = transport = FakeTransport()
+        protocol.handshake_complete, protocol.conn.state = True, State.OPEN
+        protocol.ping_sent_at = 10.0
+        protocol.last_received = 11.0 if client_sent_since_the_ping else 9.0
+        protocol.read_paused = reading_paused
+        protocol.keepalive_timeout()
+        assert (protocol.ping_timer is None) == closed  # alive: the next ping is scheduled instead
+        protocol.stop_keepalive()
+        if protocol.close_timer is not None:
+            protocol.close_timer.cancel()
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert (b"not reading" in transport.written) == closed
