@@ -160,7 +160,7 @@ def test_parquet_and_uris(local_ray, first_run, audio_dir, tiny_model_path, tmp_
 
 def test_ray_client_drivers_take_their_rows_from_an_actor(local_ray, first_run, audio_dir, classifier):
     """--address ray://...: Ray Data runs in a RowSource actor on the cluster (the same rows reach the driver).
-    Here on the local Ray; a Ray Client connection to a `ray start --head` was checked by hand (README)."""
+    Here on the local Ray; a Ray Client connection to a `ray start --head` was checked by hand (docs/batch.md)."""
     files = [str(audio_dir / name) for name in (GOOD[0], BAD[0])]
     options = BatchOptions(workers=1, files_per_task=1, progress=False)
     rows = by_file(list(rows_from_cluster(ray, files, ModelFiles.of(classifier), StreamConfig(), options, None)))
@@ -338,7 +338,7 @@ def test_usage_errors_exit_2(audio_dir, tiny_model_path, tmp_path, capsys):
 
 def test_the_rayjob_runs_swishnet_batch_on_the_batch_image():
     """docker/rayjob.yaml (KubeRay) against the CLI and docker/Dockerfile.batch; the manifest was also checked
-    against KubeRay 1.7's RayJob schema by hand (README), which the tests cannot download."""
+    against KubeRay 1.7's RayJob schema by hand (docs/batch.md), which the tests cannot download."""
     job = yaml.safe_load((DOCKER / "rayjob.yaml").read_text())
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     command = shlex.split(job["spec"]["entrypoint"])

@@ -1,5 +1,5 @@
 """The benchmark suite (python -m bench) runs end to end in its quick mode and writes the JSON
-the README's Performance section describes. Only the structure is checked, never a timing."""
+docs/performance.md describes. Only the structure is checked, never a timing."""
 
 from __future__ import annotations
 
