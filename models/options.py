@@ -29,7 +29,7 @@ class TrainOptions:
     restart_epochs: int = 10
     restart_mult: int = 2
     workers: int = 2
-    threads: int = 1  # see README: two OpenMP threads collapse (5 to 15x) when anyone else uses a core
+    threads: int = 1  # see docs/training.md: two OpenMP threads collapse (5 to 15x) when anyone else uses a core
     cache: Path | None = None  # default: a "features" directory beside the corpus
 
     @property
